@@ -1,0 +1,107 @@
+"""Pads tokenized voice-cloning examples into a batch and computes Whisper features for the references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import WhisperFeatureExtractor
+
+from data_pipeline.layout import IGNORE_INDEX, WHISPER_SAMPLE_RATE, AudioGeometry, VoiceCloningExample
+
+WHISPER_MEL_BINS = 128
+
+
+class EmptyWhisperFeaturesError(ValueError):
+    """Whisper conditioning is on but a batch would carry no reference features (the [0, 128, 3000] failure)."""
+
+
+@dataclass
+class VoiceCloningCollator:
+    """Collates `VoiceCloningExample`s.
+
+    Output (B examples, L max tokens, F max audio frames, C codebooks, N Whisper chunks):
+      input_ids [B, L], attention_mask [B, L], labels [B, L],
+      audio_input_ids [B, F, C], audio_input_ids_mask [B, F] (bool), audio_labels [B, F, C],
+      whisper_input_features [N, 128, 3000], whisper_attention_mask [N, 3000],
+      whisper_token_counts [N] (valid <|AUDIO|> positions each chunk fills), whisper_chunk_sample [N] (batch row),
+      sample_ids: list[str].
+    Chunks are ordered by batch row then position, the order of the <|AUDIO|> spans in the flattened input_ids.
+    """
+
+    pad_token_id: int
+    geometry: AudioGeometry
+    whisper: bool = True
+
+    def __post_init__(self) -> None:
+        self.feature_extractor = WhisperFeatureExtractor(feature_size=WHISPER_MEL_BINS) if self.whisper else None
+
+    def __call__(self, examples: list[VoiceCloningExample]) -> dict:
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        batch_size = len(examples)
+        max_len = max(ex.num_tokens for ex in examples)
+        max_frames = max(ex.audio_frames.shape[0] for ex in examples)
+        num_codebooks = self.geometry.num_codebooks
+
+        input_ids = torch.full((batch_size, max_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, max_len), dtype=torch.long)
+        labels = torch.full((batch_size, max_len), IGNORE_INDEX, dtype=torch.long)
+        audio_input_ids = torch.full(
+            (batch_size, max_frames, num_codebooks), self.geometry.stream_eos, dtype=torch.long
+        )
+        audio_mask = torch.zeros((batch_size, max_frames), dtype=torch.bool)
+        audio_labels = torch.full((batch_size, max_frames, num_codebooks), IGNORE_INDEX, dtype=torch.long)
+        for row, ex in enumerate(examples):
+            n, f = ex.num_tokens, ex.audio_frames.shape[0]
+            input_ids[row, :n] = ex.input_ids
+            attention_mask[row, :n] = 1
+            labels[row, :n] = ex.labels
+            audio_input_ids[row, :f] = ex.audio_frames
+            audio_mask[row, :f] = True
+            audio_labels[row, :f] = ex.audio_labels
+
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "audio_input_ids": audio_input_ids,
+            "audio_input_ids_mask": audio_mask,
+            "audio_labels": audio_labels,
+            "sample_ids": [ex.sample_id for ex in examples],
+        }
+        if self.whisper:
+            batch.update(self._whisper_features(examples))
+        return batch
+
+    def _whisper_features(self, examples: list[VoiceCloningExample]) -> dict:
+        chunks: list[np.ndarray] = []
+        counts: list[int] = []
+        rows: list[int] = []
+        for row, ex in enumerate(examples):
+            if not ex.whisper_chunks:
+                raise EmptyWhisperFeaturesError(
+                    f"sample {ex.sample_id!r} has no reference waveform although Whisper conditioning is on"
+                )
+            for chunk, count in zip(ex.whisper_chunks, ex.whisper_tokens, strict=True):
+                if chunk.numel() == 0:
+                    raise EmptyWhisperFeaturesError(f"sample {ex.sample_id!r} has an empty reference chunk")
+                chunks.append(chunk.numpy().astype(np.float32, copy=False))
+                counts.append(count)
+                rows.append(row)
+        features = self.feature_extractor(
+            chunks, sampling_rate=WHISPER_SAMPLE_RATE, return_attention_mask=True, return_tensors="pt"
+        )
+        input_features = features["input_features"]
+        if input_features.shape[0] == 0 or input_features.shape[0] != len(chunks):
+            ids = [ex.sample_id for ex in examples]
+            raise EmptyWhisperFeaturesError(
+                f"Whisper features have shape {tuple(input_features.shape)} for samples {ids}"
+            )
+        return {
+            "whisper_input_features": input_features,
+            "whisper_attention_mask": features["attention_mask"],
+            "whisper_token_counts": torch.tensor(counts, dtype=torch.long),
+            "whisper_chunk_sample": torch.tensor(rows, dtype=torch.long),
+        }

@@ -1,0 +1,1 @@
+"""DeepSpeed trainer for Higgs Audio v2 zero-shot voice cloning."""

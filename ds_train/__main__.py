@@ -1,0 +1,73 @@
+"""Command line: `python -m ds_train train --config run.yaml [section.key=value ...] [--resume]` and
+`python -m ds_train demo [--steps N] [--output-dir DIR]` and `python -m ds_train info [--preset 3b]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank{rank}] %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # DeepSpeed's own INFO lines drown the training log; warnings still show.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ds_train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train from a run config")
+    p_train.add_argument("--config", required=True, help="run config YAML (see ds_configs/)")
+    p_train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output dir")
+    p_train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
+    p_demo = sub.add_parser("demo", help="synthesize a small corpus and train the tiny model on it")
+    p_demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    p_demo.add_argument("--output-dir", default="runs/demo", help="where corpus, logs and checkpoints go")
+    p_demo.add_argument("overrides", nargs="*", help="section.key=value applied on top of ds_configs/demo.yaml")
+    p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
+    p_info.add_argument("--preset", default="3b")
+    p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
+    argv = sys.argv[1:] if argv is None else argv
+    # The deepspeed launcher inserts --local_rank=N before the subcommand; LOCAL_RANK in the environment says the same.
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        from ds_train.info import describe
+
+        print(describe(args.preset, None if args.whisper == "off" else args.whisper))
+        return 0
+    _setup_logging()
+
+    if args.command == "train":
+        from ds_train.config import load_run_config
+        from ds_train.engine import train
+
+        result = train(load_run_config(args.config, args.overrides), resume=args.resume)
+        _print_where(result)
+        return 0
+    if args.command == "demo":
+        from ds_train.demo import run_demo
+
+        result = run_demo(args.output_dir, args.steps, args.overrides)
+        _print_where(result)
+        return 0
+    return 2
+
+
+def _print_where(result) -> None:
+    if os.environ.get("RANK", "0") != "0":
+        return
+    print(f"\nTensorBoard logs: {result.tensorboard_dir}")
+    print(f"Checkpoints:      {result.checkpoint_dir} (latest: global_step{result.final_step})")
+    print(f"View them with:   tensorboard --logdir {result.tensorboard_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

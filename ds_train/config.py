@@ -1,0 +1,168 @@
+"""The run config: one YAML file (dataclass-checked), overridable from the command line as `section.key=value`.
+
+Relative paths inside a YAML file are relative to that file's folder; paths given as overrides are relative to the
+current directory. `train.output_dir` is always relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A run or DeepSpeed config is invalid; the message says which key and why."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"  # random-init size when `path` is unset: tiny | 1b | 3b
+    path: str | None = None  # local transformers-format HiggsAudioV2 directory (tokenizer included)
+    tokenizer_path: str | None = None  # defaults to `path`; presets build a small BPE tokenizer
+    text_head: bool = False
+
+
+@dataclass
+class WhisperSection:
+    enabled: bool = True
+    preset: str = "tiny"  # random-init encoder when `path` is unset: tiny | large-v3
+    path: str | None = None  # local Whisper checkpoint directory (128 mel bins)
+    trainable: bool = True  # False freezes the encoder; the projector still trains
+    placement: str = "user"  # turn that carries the reference's <|AUDIO|> span: user | system
+
+
+@dataclass
+class DataSection:
+    manifest: str | None = None  # JSONL: id, ref_audio, ref_text, audio, text[, speaker, scene]
+    codec: str = "dac"
+    codec_path: str | None = None  # local codec weights
+    micro_batch_size: int = 4
+    num_workers: int = 1  # DataLoader worker processes (0 = load in the training process)
+
+
+@dataclass
+class TrainSection:
+    deepspeed_config: str = "zero2_bf16.json"
+    output_dir: str = "runs/default"
+    max_steps: int = 300  # optimizer steps
+    lr: float = 1e-3
+    min_lr: float = 1e-6  # the schedule never goes below this
+    warmup_steps: int = 10
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 1234
+    log_every: int = 10
+    save_every: int = 100  # also saves at the last step
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    whisper: WhisperSection = field(default_factory=WhisperSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Fields holding file paths, resolved against the YAML file's folder.
+_PATH_FIELDS = {
+    ("model", "path"),
+    ("model", "tokenizer_path"),
+    ("whisper", "path"),
+    ("data", "manifest"),
+    ("data", "codec_path"),
+    ("train", "deepspeed_config"),
+}
+
+
+def _set(cfg: RunConfig, dotted: str, value: Any, base: Path | None) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not hasattr(cfg, parts[0]):
+        raise ConfigError(
+            f"unknown config key {dotted!r}; keys look like 'train.lr' (sections: model, whisper, data, train)"
+        )
+    section = getattr(cfg, parts[0])
+    names = {f.name: f for f in dataclasses.fields(section)}
+    if parts[1] not in names:
+        raise ConfigError(f"unknown config key {dotted!r}; valid keys in '{parts[0]}': {', '.join(sorted(names))}")
+    current = getattr(section, parts[1])
+    if isinstance(value, str) and isinstance(current, float):
+        # YAML 1.1 reads "5e-4" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if value is not None and current is not None and not isinstance(value, type(current)):
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        else:
+            raise ConfigError(f"{dotted} must be {type(current).__name__}, got {value!r}")
+    if (parts[0], parts[1]) in _PATH_FIELDS and value is not None and base is not None:
+        value = str((base / value).resolve()) if not Path(value).is_absolute() else value
+    setattr(section, parts[1], value)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML file (optional) + `key.sub=value` overrides -> RunConfig."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"run config {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        for section, values in raw.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value, path.parent.resolve())
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        _set(cfg, key.strip(), yaml.safe_load(text) if text != "" else None, Path.cwd())
+    if cfg.whisper.placement not in ("user", "system"):
+        raise ConfigError(f"whisper.placement must be 'user' or 'system', got {cfg.whisper.placement!r}")
+    return cfg
+
+
+def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
+    """Load the DeepSpeed JSON the run names and fill its "auto" (or missing) batch, clipping and LR values from the
+    run config. An explicit value that contradicts the run config is an error, not a silent override."""
+    path = Path(cfg.train.deepspeed_config)
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} does not exist (train.deepspeed_config)")
+    ds = json.loads(path.read_text())
+    t = cfg.train
+    wanted = {
+        ("train_micro_batch_size_per_gpu",): cfg.data.micro_batch_size,
+        ("gradient_accumulation_steps",): t.gradient_accumulation_steps,
+        ("gradient_clipping",): t.gradient_clipping,
+        ("train_batch_size",): cfg.data.micro_batch_size * t.gradient_accumulation_steps * world_size,
+    }
+    if "optimizer" in ds:
+        wanted[("optimizer", "params", "lr")] = t.lr
+        wanted[("optimizer", "params", "weight_decay")] = t.weight_decay
+    for keys, value in wanted.items():
+        node = ds
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        have = node.get(keys[-1], "auto")
+        if have == "auto":
+            node[keys[-1]] = value
+        elif have != value:
+            raise ConfigError(
+                f"{path}: {'.'.join(keys)} is {have!r} but the run config implies {value!r}; "
+                f'set it to "auto" or change the run config'
+            )
+    return ds

@@ -1,0 +1,263 @@
+"""The training run: data, model, `deepspeed.initialize`, the loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from data_pipeline.collator import VoiceCloningCollator
+from data_pipeline.dataset import EncodedVoiceCloningDataset
+from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions
+from data_pipeline.sampler import ResumableBatchSampler
+from data_pipeline.text_tokens import SpecialTokenIds
+from ds_train.build import build_codec, build_model, build_tokenizer
+from ds_train.config import RunConfig, resolve_deepspeed_config
+from ds_train.distributed import device_for, init_distributed
+from ds_train.metrics import MetricsLogger
+from ds_train.schedule import warmup_cosine
+
+log = logging.getLogger("ds_train")
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    tensorboard_dir: Path
+    checkpoint_dir: Path
+    final_step: int
+    losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> mean loss over ranks and micro-batches
+    grad_norms: dict[int, float] = field(default_factory=dict)
+    lrs: dict[int, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _global_grad_norm(engine) -> float:
+    """DeepSpeed's global norm where it keeps one; otherwise the norm of the full (unpartitioned) .grad tensors."""
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        total = torch.zeros((), dtype=torch.float64)
+        for p in engine.module.parameters():
+            if p.grad is not None:
+                total += p.grad.detach().double().pow(2).sum().cpu()
+        return math.sqrt(float(total))
+    return float(norm)
+
+
+def build_data(cfg: RunConfig, tokenizer, rank: int, world_size: int):
+    """-> (dataset, collator, geometry). Every rank encodes the manifest (offline sharded prepare is the data issue)."""
+    codec = build_codec(cfg)
+    geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
+    layout = LayoutBuilder(
+        tokenizer,
+        geometry,
+        LayoutOptions(whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head),
+    )
+    if not cfg.data.manifest:
+        raise ValueError("data.manifest is not set")
+    dataset = EncodedVoiceCloningDataset(cfg.data.manifest, codec, layout, show_progress=rank == 0)
+    collator = VoiceCloningCollator(
+        pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled
+    )
+    return dataset, collator, geometry
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step measured (averaged over micro-batches and ranks)."""
+
+    step: int
+    values: dict[str, float]
+
+
+class Trainer:
+    """Owns the DeepSpeed engine and the data iterator. `setup()` builds everything, `train_step()` runs one optimizer
+    step (gradient_accumulation_steps micro-batches), `fit()` runs to `train.max_steps` with logging and checkpoints."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.out_dir = Path(cfg.train.output_dir).resolve()
+        self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
+        self.tb_dir = self.out_dir / "tensorboard"
+
+    def setup(self) -> Trainer:
+        cfg, t = self.cfg, self.cfg.train
+        self.rank, self.local_rank, self.world_size = init_distributed()
+        seed_everything(t.seed)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        self.tokenizer = build_tokenizer(cfg)
+        self.dataset, self.collator, self.geometry = build_data(cfg, self.tokenizer, self.rank, self.world_size)
+        model = build_model(cfg, self.tokenizer, self.geometry)
+        if self.rank == 0:
+            self.tokenizer.save_pretrained(str(self.out_dir / "tokenizer"))
+        self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config,
+            lr_scheduler=None
+            if "scheduler" in self.ds_config
+            else (lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps)),
+        )
+        self.device = device_for(self.local_rank)
+        self.micro_batches = 0
+        if self.resume:
+            self._load_latest()
+        self.sampler = ResumableBatchSampler(
+            len(self.dataset), cfg.data.micro_batch_size, self.rank, self.world_size, t.seed
+        )
+        self.sampler.consumed = self.micro_batches
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=self.collator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self._batches = iter(self.loader)
+        return self
+
+    def _load_latest(self) -> None:
+        if not (self.ckpt_dir / "latest").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_dir} (run without --resume to start fresh)")
+        load_path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
+        if load_path is None:
+            raise RuntimeError(f"--resume: DeepSpeed could not load the latest checkpoint in {self.ckpt_dir}")
+        self.micro_batches = int(client["micro_batches"])
+        states = client["rng"]
+        _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
+        log.info("resumed from %s at step %d", load_path, self.engine.global_steps)
+
+    @property
+    def step(self) -> int:
+        return self.engine.global_steps
+
+    def train_step(self) -> StepStats:
+        engine, num_codebooks = self.engine, self.geometry.num_codebooks
+        started = time.perf_counter()
+        data_wait = 0.0
+        # loss, audio loss, micro-batch count, per-codebook correct, per-codebook count
+        sums = torch.zeros(3 + 2 * num_codebooks, dtype=torch.float64)
+        tokens = 0
+        lr = self.optimizer.param_groups[0]["lr"]  # the LR this step runs at (the scheduler steps after it)
+        for _ in range(engine.gradient_accumulation_steps()):
+            fetch = time.perf_counter()
+            batch = next(self._batches)
+            data_wait += time.perf_counter() - fetch
+            batch = _to_device(batch, self.device)
+            out = engine(**batch)
+            engine.backward(out.loss)
+            engine.step()
+            self.micro_batches += 1
+            tokens += int(batch["attention_mask"].sum())
+            head = torch.stack(
+                [out.loss.detach().double().cpu(), out.audio_loss.double().cpu(), torch.ones((), dtype=torch.float64)]
+            )
+            sums += torch.cat([head, out.codebook_correct.double().cpu(), out.codebook_count.double().cpu()])
+        grad_norm = _global_grad_norm(engine)
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        step_time = time.perf_counter() - started
+        n = float(sums[2])
+        correct, count = sums[3 : 3 + num_codebooks], sums[3 + num_codebooks :]
+        values = {
+            "train/loss": float(sums[0]) / n,
+            "train/audio_loss": float(sums[1]) / n,
+            "train/audio_top1": float(correct.sum() / count.sum().clamp(min=1)),
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "perf/step_time_s": step_time,
+            "perf/data_wait_frac": data_wait / step_time,
+            "perf/tokens_per_s": tokens * self.world_size / step_time,
+        }
+        for k in range(num_codebooks):
+            values[f"audio_codebook_top1/{k}"] = float(correct[k] / max(1.0, float(count[k])))
+        return StepStats(engine.global_steps, values)
+
+    def save(self) -> None:
+        save_checkpoint(self.engine, self.ckpt_dir, self.micro_batches, self.cfg)
+
+    def fit(self) -> TrainResult:
+        t = self.cfg.train
+        metrics = MetricsLogger(self.tb_dir, enabled=self.rank == 0 and t.tensorboard)
+        result = TrainResult(self.out_dir, self.tb_dir, self.ckpt_dir, self.step)
+        if self.rank == 0:
+            log.info(
+                "training %d examples (%d rejected) on %d rank(s), device %s, ZeRO-%d, %s, step %d -> %d",
+                len(self.dataset),
+                len(self.dataset.rejects),
+                self.world_size,
+                self.device,
+                self.engine.zero_optimization_stage(),
+                "bf16" if self.engine.bfloat16_enabled() else "fp32",
+                self.step,
+                t.max_steps,
+            )
+        while self.step < t.max_steps:
+            stats = self.train_step()
+            step, values = stats.step, stats.values
+            result.losses[step] = values["train/loss"]
+            result.grad_norms[step] = values["train/grad_norm"]
+            result.lrs[step] = values["train/lr"]
+            if self.rank == 0:
+                metrics.scalars(step, values)
+                if step % t.log_every == 0 or step == 1 or step == t.max_steps:
+                    metrics.console(step, t.max_steps, values)
+            if step % t.save_every == 0 or step == t.max_steps:
+                self.save()
+        result.final_step = self.step
+        metrics.close()
+        return result
+
+
+def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
+    """Run (or resume) the training the config describes; returns where logs and checkpoints are."""
+    return Trainer(cfg, resume).setup().fit()
+
+
+def save_checkpoint(engine, ckpt_dir: Path, micro_batches: int, cfg: RunConfig) -> None:
+    """DeepSpeed checkpoint (model, optimizer, scheduler) plus what an exact resume needs: data position and RNG."""
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, _rng_state())
+    engine.save_checkpoint(
+        str(ckpt_dir),
+        tag=f"global_step{engine.global_steps}",
+        client_state={"micro_batches": micro_batches, "rng": states, "run_config": cfg.to_dict()},
+    )
+    if dist.get_rank() == 0:
+        log.info("saved checkpoint %s/global_step%d", ckpt_dir, engine.global_steps)

@@ -1,0 +1,193 @@
+"""The voice-cloning model: transformers' HiggsAudioV2ForConditionalGeneration plus a Whisper reference-audio tower.
+
+The Whisper tower (WhisperEncoder -> 2x average pooling to 25 Hz -> linear projector) turns the reference waveform's
+features into LLM-width embeddings that replace the token embeddings at `<|AUDIO|>` positions. Codec codes enter the
+LLM through its own `embed_audio_tokens` at `<|AUDIO_OUT|>` / delay positions.
+
+The loss is computed here, only at positions whose next token is labelled, so no [B, L, C*K] logit tensor is built.
+Position t predicts the token at t+1 (inputs and labels arrive aligned; the shift happens once, here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import HiggsAudioV2ForConditionalGeneration, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from data_pipeline.layout import IGNORE_INDEX
+
+
+class WhisperTower(nn.Module):
+    """features [N, 128, 3000] -> embeddings [N, 750, llm_hidden] (25 Hz)."""
+
+    def __init__(self, encoder: WhisperEncoder, llm_hidden_size: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pool = nn.AvgPool1d(kernel_size=2, stride=2)
+        self.projector = nn.Linear(encoder.config.d_model, llm_hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        dtype = self.projector.weight.dtype
+        hidden = self.encoder(features.to(dtype)).last_hidden_state  # [N, 1500, d_model]
+        hidden = self.pool(hidden.transpose(1, 2)).transpose(1, 2)  # [N, 750, d_model]
+        return self.projector(hidden)
+
+
+def load_whisper_encoder(path: str | Path) -> WhisperEncoder:
+    """Encoder weights from a local Whisper checkpoint directory (config.json + *.safetensors)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"Whisper checkpoint directory {path} has no config.json")
+    config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
+    if config.num_mel_bins != 128:
+        raise ValueError(
+            f"{path}: Whisper tower needs 128 mel bins (large-v3 style), checkpoint has {config.num_mel_bins}"
+        )
+    encoder = WhisperEncoder(config)
+    state: dict[str, torch.Tensor] = {}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no .safetensors weights")
+    for file in files:
+        for key, value in load_file(str(file)).items():
+            for prefix in ("model.encoder.", "encoder.", ""):
+                if key.startswith(prefix) and (key[len(prefix) :] in encoder.state_dict()):
+                    state[key[len(prefix) :]] = value
+                    break
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{path}: Whisper encoder weights missing {len(missing)} tensors, e.g. {missing[:3]}")
+    return encoder
+
+
+@dataclass
+class VoiceCloningOutput:
+    """loss: scalar to backpropagate (audio loss [+ text loss]). Per-codebook tensors are [C] and detached."""
+
+    loss: torch.Tensor
+    audio_loss: torch.Tensor
+    text_loss: torch.Tensor | None
+    codebook_losses: torch.Tensor
+    codebook_correct: torch.Tensor
+    codebook_count: torch.Tensor
+    audio_in_positions: int
+
+
+class VoiceCloningModel(nn.Module):
+    """Wraps the LLM and the optional Whisper tower; forward takes the collator's batch."""
+
+    def __init__(
+        self, llm: HiggsAudioV2ForConditionalGeneration, whisper: WhisperTower | None, audio_in_token_id: int
+    ) -> None:
+        super().__init__()
+        self.llm = llm
+        self.whisper = whisper
+        self.audio_in_token_id = audio_in_token_id
+        self._pending_audio_in: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The transformers model embeds input_ids itself; a hook on its embedding swaps in the Whisper outputs.
+        self.llm.model.embed_tokens.register_forward_hook(self._inject_audio_in)
+
+    @property
+    def config(self):
+        return self.llm.config
+
+    def _inject_audio_in(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self._pending_audio_in is None:
+            return output
+        positions, embeds = self._pending_audio_in
+        return output.masked_scatter(positions.unsqueeze(-1), embeds.to(output.dtype))
+
+    def audio_in_embeddings(
+        self, input_ids: torch.Tensor, features: torch.Tensor | None, token_counts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """-> (positions [B, L] bool, embeddings [num_positions, H]) or None when the batch has no <|AUDIO|>."""
+        positions = input_ids == self.audio_in_token_id
+        num_positions = int(positions.sum())
+        if self.whisper is None or num_positions == 0:
+            return None
+        if features is None or token_counts is None or features.shape[0] == 0:
+            raise ValueError(
+                f"batch has {num_positions} <|AUDIO|> positions but no Whisper features "
+                f"(shape {None if features is None else tuple(features.shape)})"
+            )
+        embeds = self.whisper(features)  # [N, 750, H]
+        valid = torch.arange(embeds.shape[1], device=embeds.device)[None, :] < token_counts.to(embeds.device)[:, None]
+        flat = embeds[valid]
+        if flat.shape[0] != num_positions:
+            raise ValueError(
+                f"Whisper chunks fill {flat.shape[0]} positions but the batch has {num_positions} <|AUDIO|>"
+            )
+        return positions, flat
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_input_ids: torch.Tensor,
+        audio_input_ids_mask: torch.Tensor,
+        audio_labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        whisper_input_features: torch.Tensor | None = None,
+        whisper_token_counts: torch.Tensor | None = None,
+        **_: object,
+    ) -> VoiceCloningOutput:
+        """input_ids, attention_mask, labels [B, L]; audio_input_ids, audio_labels [B, F, C]; audio mask [B, F]."""
+        cfg = self.llm.config
+        self._pending_audio_in = self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts)
+        try:
+            hidden = self.llm.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                audio_input_ids=audio_input_ids,
+                audio_input_ids_mask=audio_input_ids_mask,
+                use_cache=False,
+            ).last_hidden_state  # [B, L, H]
+        finally:
+            audio_in_positions = 0 if self._pending_audio_in is None else int(self._pending_audio_in[1].shape[0])
+            self._pending_audio_in = None
+
+        # Codes of each placeholder position, aligned with input_ids: [B, L, C].
+        placeholder = (input_ids == cfg.audio_token_id) | (input_ids == cfg.audio_delay_token_id)
+        token_audio_labels = audio_labels.new_full((*input_ids.shape, cfg.num_codebooks), IGNORE_INDEX)
+        token_audio_labels[placeholder] = audio_labels[audio_input_ids_mask]
+
+        # Shift once: hidden state t predicts the codes at t+1.
+        next_labels = token_audio_labels[:, 1:]
+        predict_at = (next_labels != IGNORE_INDEX).any(-1)  # [B, L-1]
+        audio_hidden = hidden[:, :-1][predict_at]  # [N, H]
+        targets = next_labels[predict_at]  # [N, C]
+        logits = self.llm.audio_lm_head(audio_hidden).float().view(-1, cfg.num_codebooks, cfg.codebook_size)
+        per_token = F.cross_entropy(
+            logits.reshape(-1, cfg.codebook_size), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view_as(targets)
+        valid = targets != IGNORE_INDEX
+        counts = valid.sum(0)  # [C]
+        codebook_losses = (per_token * valid).sum(0) / counts.clamp(min=1)
+        # Same reduction as transformers' HiggsAudioV2 loss: the sum over codebooks of each codebook's mean.
+        audio_loss = codebook_losses.sum()
+        correct = ((logits.argmax(-1) == targets) & valid).sum(0)
+
+        loss = audio_loss
+        text_loss = None
+        if labels is not None and self.llm.text_lm_head is not None:
+            next_text = labels[:, 1:]
+            text_at = next_text != IGNORE_INDEX
+            if text_at.any():
+                text_logits = self.llm.text_lm_head(hidden[:, :-1][text_at]).float()
+                text_loss = F.cross_entropy(text_logits, next_text[text_at])
+                loss = loss + text_loss
+        return VoiceCloningOutput(
+            loss=loss,
+            audio_loss=audio_loss.detach(),
+            text_loss=None if text_loss is None else text_loss.detach(),
+            codebook_losses=codebook_losses.detach(),
+            codebook_correct=correct.detach(),
+            codebook_count=counts.detach(),
+            audio_in_positions=audio_in_positions,
+        )

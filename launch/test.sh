@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Set up .venv if needed, then run the test suite (CPU only, offline). Extra arguments go to pytest.
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+ruff check .
+exec python -m pytest -q "$@"

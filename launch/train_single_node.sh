@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Train on one machine with N processes (GPUs, or CPU ranks where there is no GPU) through the deepspeed launcher.
+# usage: bash launch/train_single_node.sh NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume]
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+if [ $# -lt 2 ]; then
+  echo "usage: $0 NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume]" >&2
+  exit 2
+fi
+num_gpus=$1
+config=$2
+shift 2
+exec deepspeed --num_gpus "$num_gpus" --master_port "${MASTER_PORT:-29500}" --module ds_train train --config "$config" "$@"

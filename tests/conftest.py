@@ -1,0 +1,34 @@
+"""Shared fixtures: a small real corpus (eSpeak NG speech) and a tiny random-init DAC on disk."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from data_pipeline.codecs import DacCodec, tiny_dac  # noqa: E402
+from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
+from tests.helpers import Assets  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
+    root = tmp_path_factory.mktemp("assets")
+    manifest = make_demo_corpus(root / "corpus", num_speakers=2)
+    codec_file = root / "tiny_dac.pth"
+    tiny_dac(seed=0).save(str(codec_file))
+    return Assets(manifest, codec_file)
+
+
+@pytest.fixture(scope="session")
+def codec(assets: Assets) -> DacCodec:
+    return DacCodec.from_file(assets.codec_file)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    torch.set_num_threads(2)

@@ -1,0 +1,78 @@
+"""Manifest parsing, the dataset's rejects, and the resumable rank-disjoint sampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from data_pipeline.dataset import EncodedVoiceCloningDataset
+from data_pipeline.layout import AudioGeometry, LayoutBuilder
+from data_pipeline.manifest import read_manifest
+from data_pipeline.sampler import ResumableBatchSampler
+from data_pipeline.text_tokens import build_tiny_tokenizer
+
+
+def _write_manifest(tmp_path: Path, assets_manifest: Path) -> Path:
+    good = [json.loads(line) for line in assets_manifest.read_text().splitlines()[:3]]
+    base = assets_manifest.parent
+    for row in good:
+        row["ref_audio"], row["audio"] = str(base / row["ref_audio"]), str(base / row["audio"])
+    sf.write(str(tmp_path / "silent_empty.wav"), np.zeros(0, dtype=np.float32), 16000)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really a wav")
+    lines = [json.dumps(r) for r in good] + [
+        "{not json",
+        json.dumps({"id": "no_text", "ref_audio": "a.wav", "ref_text": "x", "audio": "b.wav", "text": "  "}),
+        json.dumps({**good[0], "id": "missing_file", "audio": "does_not_exist.wav"}),
+        json.dumps({**good[0], "id": "corrupt", "audio": "corrupt.wav"}),
+        json.dumps({**good[0], "id": "empty_audio", "audio": "silent_empty.wav"}),
+        json.dumps(good[1]),
+    ]
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_every_row_is_either_an_example_or_a_reject(assets, codec, tmp_path: Path) -> None:
+    manifest = _write_manifest(tmp_path, assets.manifest)
+    layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(codec.num_codebooks, codec.codebook_size))
+    ds = EncodedVoiceCloningDataset(manifest, codec, layout, show_progress=False)
+    assert len(ds) == 3
+    reasons = {r.line: r.reason for r in ds.rejects}
+    assert sorted(reasons) == [4, 5, 6, 7, 8, 9]
+    assert "invalid JSON" in reasons[4]
+    assert "text" in reasons[5]
+    assert "file not found" in reasons[6]
+    assert "cannot decode" in reasons[7]
+    assert "zero-length" in reasons[8]
+    assert "duplicate id" in reasons[9]
+    ex = ds[0]
+    assert ex.whisper_chunks and ex.whisper_chunks[0].numel() > 0
+    assert ex.audio_frames.shape[1] == codec.num_codebooks
+
+
+def test_manifest_relative_paths(tmp_path: Path) -> None:
+    row = {"id": "a", "ref_audio": "r.wav", "ref_text": "r", "audio": "sub/t.wav", "text": "t"}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n\n")
+    rows, rejects = read_manifest(tmp_path / "m.jsonl")
+    assert not rejects and rows[0].audio == tmp_path / "sub" / "t.wav" and rows[0].line == 1
+
+
+def test_sampler_is_deterministic_disjoint_and_resumable() -> None:
+    ranks = [ResumableBatchSampler(50, 4, rank=r, world_size=2, seed=7) for r in range(2)]
+    per_epoch = ranks[0].batches_per_epoch
+    assert per_epoch == 6
+    epoch0 = [[ranks[r].batch_at(i) for i in range(per_epoch)] for r in range(2)]
+    flat = [i for r in range(2) for b in epoch0[r] for i in b]
+    assert len(flat) == len(set(flat)) == 48  # no index twice within an epoch, across ranks
+    assert ranks[0].batch_at(per_epoch) != ranks[0].batch_at(0)  # a new epoch reshuffles
+    it = iter(ranks[0])
+    first = [next(it) for _ in range(9)]
+    resumed = ResumableBatchSampler(50, 4, rank=0, world_size=2, seed=7)
+    resumed.load_state_dict({"consumed": 5, "seed": 7})
+    it2 = iter(resumed)
+    assert [next(it2) for _ in range(4)] == first[5:]
+    assert torch.tensor(first[0]).unique().numel() == 4

@@ -1,0 +1,115 @@
+"""Token layout, delay pattern and label alignment at the data level."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import HiggsAudioV2Processor
+
+from data_pipeline.delay_pattern import add_stream_markers_and_delay, revert_delay
+from data_pipeline.layout import (
+    IGNORE_INDEX,
+    AudioGeometry,
+    LayoutBuilder,
+    LayoutOptions,
+    whisper_token_count,
+)
+from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+
+GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
+
+
+def _codes(steps: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(
+        0, GEO.codec_codebook_size, (GEO.num_codebooks, steps), generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def test_delay_pattern_matches_transformers_processor() -> None:
+    codes = _codes(7)
+    ours = add_stream_markers_and_delay(codes, GEO.stream_bos, GEO.stream_eos)  # [F, C]
+    proc = SimpleNamespace(audio_stream_bos_id=GEO.stream_bos, audio_stream_eos_id=GEO.stream_eos)
+    framed = torch.cat([torch.full((4, 1), GEO.stream_bos), codes, torch.full((4, 1), GEO.stream_eos)], dim=1)
+    theirs = HiggsAudioV2Processor.build_delay_pattern(proc, framed.unsqueeze(0))[0].transpose(0, 1)
+    assert torch.equal(ours, theirs)
+    assert ours.shape == (7 + 2 + 3, 4)
+    # codebook k is shifted right by k
+    assert torch.equal(ours[1 + 2 : 1 + 2 + 7, 2], codes[2])
+
+
+def test_revert_delay_round_trip() -> None:
+    codes = _codes(11, seed=3)
+    assert torch.equal(revert_delay(add_stream_markers_and_delay(codes, GEO.stream_bos, GEO.stream_eos)), codes)
+
+
+def _builder(**opts) -> LayoutBuilder:
+    return LayoutBuilder(build_tiny_tokenizer(), GEO, LayoutOptions(**opts))
+
+
+def test_labels_are_aligned_with_inputs_not_shifted() -> None:
+    builder = _builder()
+    ref, tgt = _codes(5, 1), _codes(9, 2)
+    ex = builder.build("s1", "reference words", ref, "target words", tgt, ref_wave_16k=torch.randn(16000))
+    ids = builder.ids
+    placeholders = (ex.input_ids == ids.audio_out) | (ex.input_ids == ids.audio_delay)
+    assert int(placeholders.sum()) == ex.audio_frames.shape[0] == (5 + 5) + (9 + 5)
+    # the label of a target frame is that very frame (the model's loss does the shift), BOS masked, EOS kept
+    tgt_frames = ex.audio_frames[10:]
+    tgt_labels = ex.audio_labels[10:]
+    keep = tgt_frames != GEO.stream_bos
+    assert torch.equal(tgt_labels[keep], tgt_frames[keep])
+    assert (tgt_labels[~keep] == IGNORE_INDEX).all()
+    assert (tgt_labels == GEO.stream_eos).sum() == sum(range(1, 5))
+    # the reference is context, never a target
+    assert (ex.audio_labels[:10] == IGNORE_INDEX).all()
+    # without the text head nothing textual is labelled
+    assert (ex.labels == IGNORE_INDEX).all()
+
+
+def test_prompt_order_and_audio_in_span() -> None:
+    builder = _builder()
+    ex = builder.build("s1", "ref", _codes(3), "tgt", _codes(4), ref_wave_16k=torch.randn(16000 * 2))
+    ids: SpecialTokenIds = builder.ids
+    seq = ex.input_ids.tolist()
+    assert seq[0] == ids.begin_of_text
+    n_in = seq.count(ids.audio_in)
+    assert n_in == whisper_token_count(32000) == 50 == ex.whisper_tokens[0]
+    first_in = seq.index(ids.audio_in)
+    assert seq[first_in - 1] == ids.audio_in_bos and seq[first_in + n_in] == ids.audio_eos
+    out_bos = [i for i, t in enumerate(seq) if t == ids.audio_out_bos]
+    assert len(out_bos) == 2 and first_in < out_bos[0]  # reference waveform precedes the reference codes
+    text = builder.tokenizer.decode(ex.input_ids)
+    assert text.index("Generate audio following instruction.") < text.index("ref") < text.index("tgt")
+
+
+def test_long_reference_is_chunked_for_whisper() -> None:
+    ex = _builder().build("long", "r", _codes(3), "t", _codes(3), ref_wave_16k=torch.randn(16000 * 70))
+    assert [c.numel() for c in ex.whisper_chunks] == [480000, 480000, 160000]
+    assert ex.whisper_tokens == [750, 750, 250]
+
+
+def test_text_labels_when_text_head_on() -> None:
+    builder = _builder(text_labels=True)
+    ex = builder.build("s", "r", _codes(3), "hello there", _codes(3), ref_wave_16k=torch.randn(8000))
+    labelled = ex.input_ids[ex.labels != IGNORE_INDEX]
+    assert builder.tokenizer.decode(labelled[:-1]) == "hello there" and labelled[-1] == builder.ids.eot
+
+
+@pytest.mark.parametrize(
+    "codes, reason",
+    [
+        (torch.full((4, 3), 256), "outside"),
+        (torch.zeros(3, 5, dtype=torch.long), "expected"),
+        (torch.zeros(4, 0), "empty"),
+    ],
+)
+def test_bad_codes_are_rejected_with_reason(codes: torch.Tensor, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        _builder().build("bad", "r", codes, "t", _codes(3), ref_wave_16k=torch.randn(800))
+
+
+def test_whisper_on_without_reference_waveform_raises() -> None:
+    with pytest.raises(ValueError, match="reference waveform is empty"):
+        _builder().build("noref", "r", _codes(3), "t", _codes(3), ref_wave_16k=torch.zeros(0))
