@@ -1,17 +1,23 @@
 """One codec interface over the audio tokenizers: encode(waveform) -> codes [C, T], decode(codes) -> waveform.
 
-Backends: `dac` (descript-audio-codec). Weights always come from a local file; `tiny_dac` builds a small random-init
-model with a 25 frames/s geometry for tests and the demo.
+Backends: `dac` (descript-audio-codec) and `higgs` (transformers' HiggsAudioV2TokenizerModel, the codec Higgs Audio v2
+was trained with). Weights always come from local disk. `tiny_dac` / `tiny_higgs` build small random-init models with
+the 24 kHz, 25 frames/s geometry for tests and the demo.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from data_pipeline.audio import resample
+
+if TYPE_CHECKING:
+    from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
 
 class Codec(Protocol):
@@ -89,8 +95,187 @@ def tiny_dac(seed: int = 0, num_codebooks: int = 4, codebook_size: int = 256) ->
     )
 
 
+# The published tokenizer's acoustic (DAC) strides, in the order its encoder applies them: 8*5*4*2*3 = 960 samples per
+# frame at 24 kHz = 25 frames/s. The decoder upsamples with the same list (not reversed), as the original code does.
+HIGGS_RATIOS = (8, 5, 4, 2, 3)
+
+
+def _higgs_hop_length(config: HiggsAudioV2TokenizerConfig) -> int:
+    """Samples per frame at `config.sample_rate`; raises ValueError if the acoustic and semantic branches disagree."""
+    acoustic, semantic = config.acoustic_model_config, config.semantic_model_config
+    hop = math.prod(acoustic.downsampling_ratios)
+    if math.prod(acoustic.upsampling_ratios) != hop:
+        raise ValueError(
+            f"higgs codec: decoder upsampling {list(acoustic.upsampling_ratios)} does not invert encoder downsampling "
+            f"{list(acoustic.downsampling_ratios)} (hop {hop})"
+        )
+    if config.sample_rate % hop:
+        raise ValueError(
+            f"higgs codec: frame rate {config.sample_rate}/{hop} = {config.sample_rate / hop:g} frames/s is not an "
+            "integer; the acoustic downsampling ratios must divide the sample rate"
+        )
+    if hop * config.semantic_sample_rate % config.sample_rate:
+        raise ValueError(
+            f"higgs codec: a {hop}-sample hop at {config.sample_rate} Hz is not a whole number of samples at the "
+            f"semantic model's {config.semantic_sample_rate} Hz"
+        )
+    semantic_hop = hop * config.semantic_sample_rate // config.sample_rate
+    # The semantic features are the semantic model's frames taken every `semantic_downsample_factor`-th one.
+    semantic_stride = math.prod(getattr(semantic, "conv_stride", (config.downsample_factor,)))
+    step = config.semantic_downsample_factor
+    if step < 1 or semantic_stride * step != semantic_hop or math.prod(config.strides) != 1:
+        raise ValueError(
+            f"higgs codec: semantic branch frame hop (model stride {semantic_stride} x step {step} x encoder strides "
+            f"{list(config.strides)}) != acoustic hop {semantic_hop} samples at {config.semantic_sample_rate} Hz; "
+            f"set downsample_factor={semantic_stride} and an acoustic hop that is a multiple of it"
+        )
+    return hop
+
+
+class HiggsCodec:
+    """Higgs Audio v2 tokenizer backend: 24 kHz mono -> 8 RVQ codebooks x 1024 at 25 frames/s (published model).
+
+    Each waveform is zero-padded on the right to ceil(S / hop) whole frames before encoding. At a whole number of
+    frames the acoustic (DAC) and semantic (HuBERT) branches yield the same frame count, so the model never takes its
+    fallback that re-encodes the acoustic branch with a half-hop offset; codes for inputs already a multiple of the hop
+    are exactly `model.encode`'s.
+
+    Batched encode runs one forward per distinct padded length and never pads one utterance to another's length:
+    HuBERT's GroupNorm over time and its unmasked self-attention let padding change every frame's semantic features,
+    and the acoustic encoder's receptive field (~1 s) reaches far past the last frame. Batched codes therefore equal
+    one-at-a-time codes; sorting a batch by length lets more utterances share a forward.
+    """
+
+    def __init__(self, model: HiggsAudioV2TokenizerModel, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        # float32: RVQ picks nearest codewords, so reduced precision would change codes.
+        self.model = model.to(device=self.device, dtype=torch.float32).eval()
+        config = model.config
+        self.hop_length = _higgs_hop_length(config)
+        self.sample_rate = int(config.sample_rate)
+        self.frame_rate = self.sample_rate / self.hop_length
+        self.codebook_size = int(config.codebook_size)
+        self.num_codebooks = self._probe_num_codebooks()
+
+    def _probe_num_codebooks(self, frames: int = 3) -> int:
+        """Encode `frames` hops of silence; the config checks above cannot see every kernel/padding combination."""
+        silence = torch.zeros(1, 1, frames * self.hop_length, device=self.device)
+        with torch.no_grad():
+            acoustic_frames = self.model.acoustic_encoder(silence).shape[-1]
+            try:
+                codes = self.model.encode(silence, return_dict=False)
+            except RuntimeError as err:
+                raise ValueError(f"higgs codec: a {frames}-frame input does not encode ({err})") from err
+        if acoustic_frames != frames or codes.shape[-1] != frames:
+            raise ValueError(
+                f"higgs codec: {frames} x {self.hop_length} samples give {acoustic_frames} acoustic and "
+                f"{codes.shape[-1]} code frames, expected {frames}; the model's frame geometry is inconsistent"
+            )
+        return int(codes.shape[1])
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> HiggsCodec:
+        """Load a `save_pretrained` directory (config.json + weights) from local disk; nothing is downloaded."""
+        from transformers import HiggsAudioV2TokenizerModel
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"Higgs audio tokenizer directory {path} has no config.json (weights are never downloaded)"
+            )
+        model = HiggsAudioV2TokenizerModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        return cls(model, device)
+
+    @torch.no_grad()
+    def encode(self, waves: list[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+        """waves: list of [S_i] mono waveforms at `sample_rate` -> list of codes [C, ceil(S_i' / hop)] (int64), where
+        S_i' is the length at 24 kHz; an empty waveform gives one frame."""
+        padded: list[torch.Tensor] = []
+        for wave in waves:
+            if wave.dim() != 1:
+                raise ValueError(f"higgs codec: expected a mono waveform [S], got shape {tuple(wave.shape)}")
+            wave = resample(wave.float(), sample_rate, self.sample_rate)
+            frames = max(1, -(-wave.numel() // self.hop_length))
+            padded.append(F.pad(wave, (0, frames * self.hop_length - wave.numel())))
+        by_length: dict[int, list[int]] = {}
+        for i, wave in enumerate(padded):
+            by_length.setdefault(wave.numel(), []).append(i)
+        codes: list[torch.Tensor] = [torch.empty(0)] * len(waves)
+        for members in by_length.values():
+            batch = torch.stack([padded[i] for i in members]).unsqueeze(1).to(self.device)
+            out = self.model.encode(batch, return_dict=False)
+            for row, i in enumerate(members):
+                codes[i] = out[row].long().cpu()
+        return codes
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [C, T] -> waveform [T * hop] at 24 kHz."""
+        if codes.dim() != 2 or codes.shape[0] != self.num_codebooks:
+            raise ValueError(f"higgs codec: expected codes [{self.num_codebooks}, T], got {tuple(codes.shape)}")
+        wave = self.model.decode(codes.unsqueeze(0).to(self.device), return_dict=False)
+        return wave[0, 0].float().cpu()
+
+
+def tiny_higgs_config(codebook_size: int = 1024) -> HiggsAudioV2TokenizerConfig:
+    """A tiny Higgs tokenizer config with the published geometry: 24 kHz, hop 960 (8*5*4*2*3, 25 frames/s), a
+    HuBERT-style semantic model at 16 kHz with stride 320 (50 frames/s, every 2nd frame kept) and 8 codebooks.
+
+    The number of codebooks follows from the last target bandwidth: 2 kbps / (25 frames/s * 10 bits) = 8.
+    """
+    from transformers import HiggsAudioV2TokenizerConfig
+
+    bits = math.ceil(math.log2(codebook_size))
+    return HiggsAudioV2TokenizerConfig(
+        sample_rate=24000,
+        semantic_sample_rate=16000,
+        downsample_factor=320,
+        target_bandwidths=[0.5, 1, 1.5, 8 * 25 * bits / 1000],
+        codebook_size=codebook_size,
+        codebook_dim=64,
+        acoustic_model_config={
+            "encoder_hidden_size": 4,
+            "downsampling_ratios": list(HIGGS_RATIOS),
+            "upsampling_ratios": list(HIGGS_RATIOS),
+            "decoder_hidden_size": 64,
+            "hidden_size": 32,
+            "sampling_rate": 24000,
+        },
+        semantic_model_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "conv_dim": [16] * 7,
+            "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+            "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 2,
+        },
+    )
+
+
+def tiny_higgs(seed: int = 0, codebook_size: int = 1024) -> HiggsAudioV2TokenizerModel:
+    """A ~0.4M-parameter random-init HiggsAudioV2TokenizerModel with the published 24 kHz / 25 frames/s / 8-codebook
+    geometry (see `tiny_higgs_config`)."""
+    from transformers import HiggsAudioV2TokenizerModel
+
+    torch.manual_seed(seed)
+    model = HiggsAudioV2TokenizerModel(tiny_higgs_config(codebook_size))
+    # Weight init zero-fills the RVQ codebooks (a real checkpoint overwrites them), which would map every frame to
+    # code 0. Small random codewords make the nearest-codeword search follow the features' direction instead.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for vq in model.quantizer.quantizers:
+            embed = vq.codebook.embed
+            embed.copy_(torch.randn(embed.shape, generator=generator) * 0.01)
+    return model.eval()
+
+
 def load_codec(kind: str, path: str | Path, device: str | torch.device = "cpu") -> Codec:
-    """Build the codec a run config names. `kind`: "dac"."""
+    """Build the codec a run config names. `kind`: "dac" (a weights file) or "higgs" (a `save_pretrained` dir)."""
     if kind == "dac":
         return DacCodec.from_file(path, device)
-    raise ValueError(f"unknown codec {kind!r}; supported: 'dac' (the 'higgs' backend is tracked in the data issue)")
+    if kind == "higgs":
+        return HiggsCodec.from_pretrained(path, device)
+    raise ValueError(f"unknown codec {kind!r}; supported: 'dac', 'higgs'")

@@ -62,12 +62,31 @@ class TrainSection:
     tensorboard: bool = True
 
 
+CHECK_POLICIES = ("warn", "halt")
+
+
+@dataclass
+class MonitorSection:
+    """Health checks run every step; each is "warn" or "halt" (stop after `halt_after` consecutive failing steps)."""
+
+    halt_after: int = 3
+    on_whisper_features: str = "halt"  # Whisper on, but features empty/all zeros or no <|AUDIO|> position got them
+    on_codec_codes: str = "halt"  # no codes at audio placeholders, or no labelled audio tokens
+    on_grad_norm: str = "halt"  # global grad norm zero or non-finite
+    on_nonfinite_loss: str = "halt"  # the micro-batch is skipped either way
+    on_params_unchanged: str = "warn"  # trainable weights did not move over a step
+    on_lr_floor: str = "warn"  # effective LR below train.min_lr (the floor clamps it; this reports the schedule)
+    part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
+    decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
+
+
 @dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     whisper: WhisperSection = field(default_factory=WhisperSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,7 +107,7 @@ def _set(cfg: RunConfig, dotted: str, value: Any, base: Path | None) -> None:
     parts = dotted.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]):
         raise ConfigError(
-            f"unknown config key {dotted!r}; keys look like 'train.lr' (sections: model, whisper, data, train)"
+            f"unknown config key {dotted!r}; keys look like 'train.lr' (sections: model, whisper, data, train, monitor)"
         )
     section = getattr(cfg, parts[0])
     names = {f.name: f for f in dataclasses.fields(section)}
@@ -131,6 +150,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, text = item.split("=", 1)
         _set(cfg, key.strip(), yaml.safe_load(text) if text != "" else None, Path.cwd())
+    for f in dataclasses.fields(cfg.monitor):
+        if f.name.startswith("on_") and getattr(cfg.monitor, f.name) not in CHECK_POLICIES:
+            raise ConfigError(f"monitor.{f.name} must be one of {CHECK_POLICIES}, got {getattr(cfg.monitor, f.name)!r}")
     if cfg.whisper.placement not in ("user", "system"):
         raise ConfigError(f"whisper.placement must be 'user' or 'system', got {cfg.whisper.placement!r}")
     return cfg

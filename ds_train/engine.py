@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,17 @@ from torch.utils.data import DataLoader
 
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
-from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions
+from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
 from data_pipeline.sampler import ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
 from ds_train.build import build_codec, build_model, build_tokenizer
 from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.distributed import device_for, init_distributed
+from ds_train.flops import llm_flops_per_token, peak_flops
+from ds_train.grad_norms import part_grad_norms
 from ds_train.metrics import MetricsLogger
+from ds_train.monitor import HealthError, HealthMonitor, apply_lr_floor
+from ds_train.sample_logger import SampleLogger
 from ds_train.schedule import warmup_cosine
 
 log = logging.getLogger("ds_train")
@@ -62,20 +66,8 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _global_grad_norm(engine) -> float:
-    """DeepSpeed's global norm where it keeps one; otherwise the norm of the full (unpartitioned) .grad tensors."""
-    norm = engine.get_global_grad_norm()
-    if norm is None:
-        total = torch.zeros((), dtype=torch.float64)
-        for p in engine.module.parameters():
-            if p.grad is not None:
-                total += p.grad.detach().double().pow(2).sum().cpu()
-        return math.sqrt(float(total))
-    return float(norm)
-
-
-def build_data(cfg: RunConfig, tokenizer, rank: int, world_size: int):
-    """-> (dataset, collator, geometry). Every rank encodes the manifest (offline sharded prepare is the data issue)."""
+def build_data(cfg: RunConfig, tokenizer, rank: int):
+    """-> (dataset, collator, codec). Every rank encodes the manifest (offline sharded prepare is the data issue)."""
     codec = build_codec(cfg)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
     layout = LayoutBuilder(
@@ -89,7 +81,7 @@ def build_data(cfg: RunConfig, tokenizer, rank: int, world_size: int):
     collator = VoiceCloningCollator(
         pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled
     )
-    return dataset, collator, geometry
+    return dataset, collator, codec
 
 
 @dataclass
@@ -101,8 +93,9 @@ class StepStats:
 
 
 class Trainer:
-    """Owns the DeepSpeed engine and the data iterator. `setup()` builds everything, `train_step()` runs one optimizer
-    step (gradient_accumulation_steps micro-batches), `fit()` runs to `train.max_steps` with logging and checkpoints."""
+    """Owns the DeepSpeed engine, the data iterator and the monitor. `setup()` builds everything, `train_step()` runs
+    one optimizer step (gradient_accumulation_steps good micro-batches), `fit()` runs to `train.max_steps` with
+    logging and checkpoints."""
 
     def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
         self.cfg = cfg
@@ -119,7 +112,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.tokenizer = build_tokenizer(cfg)
-        self.dataset, self.collator, self.geometry = build_data(cfg, self.tokenizer, self.rank, self.world_size)
+        self.dataset, self.collator, self.codec = build_data(cfg, self.tokenizer, self.rank)
+        self.geometry = self.collator.geometry
         model = build_model(cfg, self.tokenizer, self.geometry)
         if self.rank == 0:
             self.tokenizer.save_pretrained(str(self.out_dir / "tokenizer"))
@@ -128,28 +122,33 @@ class Trainer:
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config,
-            lr_scheduler=None
-            if "scheduler" in self.ds_config
-            else (lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps)),
-        )
+            lr_scheduler=None if "scheduler" in self.ds_config else (
+                lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
+            ),
+        )  # fmt: skip
         self.device = device_for(self.local_rank)
         self.micro_batches = 0
         if self.resume:
             self._load_latest()
+        self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, t.min_lr)
         self.sampler = ResumableBatchSampler(
             len(self.dataset), cfg.data.micro_batch_size, self.rank, self.world_size, t.seed
         )
         self.sampler.consumed = self.micro_batches
         workers = cfg.data.num_workers
         self.loader = DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            collate_fn=self.collator,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+            self.dataset, batch_sampler=self.sampler, collate_fn=self.collator, num_workers=workers,
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        )  # fmt: skip
         self._batches = iter(self.loader)
+        self.monitor = HealthMonitor(cfg.monitor, cfg.whisper.enabled)
+        self.metrics = MetricsLogger(self.tb_dir, enabled=self.rank == 0 and t.tensorboard)
+        llm_cfg = self.engine.module.llm.config
+        self.samples = SampleLogger(
+            self.metrics.writer, self.tokenizer, self.codec, self.geometry,
+            llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id,
+        )  # fmt: skip
+        self.peak_flops = peak_flops()
         return self
 
     def _load_latest(self) -> None:
@@ -167,82 +166,141 @@ class Trainer:
     def step(self) -> int:
         return self.engine.global_steps
 
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """Every rank must take the same branch, or the collectives of backward/step would hang."""
+        flag = torch.isfinite(loss.detach()).all().float().cpu()
+        if self.world_size > 1:
+            flag = flag.to(self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
     def train_step(self) -> StepStats:
-        engine, num_codebooks = self.engine, self.geometry.num_codebooks
+        engine, num_codebooks, mon = self.engine, self.geometry.num_codebooks, self.cfg.monitor
+        next_step = engine.global_steps + 1
+        # ZeRO-0 fp32 keeps no global norm, so the per-part pass (which also yields the total) runs every step there.
+        want_parts = (mon.part_norms_every > 0 and (next_step == 1 or next_step % mon.part_norms_every == 0)) or (
+            engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled()
+        )
         started = time.perf_counter()
         data_wait = 0.0
-        # loss, audio loss, micro-batch count, per-codebook correct, per-codebook count
-        sums = torch.zeros(3 + 2 * num_codebooks, dtype=torch.float64)
+        # loss, audio loss, micro-batches, samples, labelled codebook-0 frames, per-codebook correct, per-codebook count
+        sums = torch.zeros(5 + 2 * num_codebooks, dtype=torch.float64)
         tokens = 0
-        lr = self.optimizer.param_groups[0]["lr"]  # the LR this step runs at (the scheduler steps after it)
-        for _ in range(engine.gradient_accumulation_steps()):
+        part_norms: dict[str, float] | None = None
+        first: tuple[dict, object] | None = None
+        attempts = 0
+        while True:
             fetch = time.perf_counter()
             batch = next(self._batches)
             data_wait += time.perf_counter() - fetch
             batch = _to_device(batch, self.device)
             out = engine(**batch)
+            self.monitor.observe_batch(batch, out)
+            if not self._loss_is_finite(out.loss):
+                self.monitor.observe_nonfinite_loss(batch, float(out.loss))
+                attempts += 1
+                if attempts > 10 * engine.gradient_accumulation_steps():
+                    raise HealthError(f"step {next_step}: {attempts} micro-batches in a row had a non-finite loss")
+                continue
+            if not out.loss.requires_grad:
+                raise HealthError(
+                    f"[health:grad_norm] step {next_step}: the loss depends on no trainable parameter (every weight "
+                    f"frozen, or the graph detached); nothing can learn. Check model/whisper freezing options."
+                )
+            first = first or (batch, out)
             engine.backward(out.loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            if boundary:
+                part_norms = part_grad_norms(engine.module) if want_parts else None
+                self.monitor.snapshot_params(engine.module, part_norms)
             engine.step()
             self.micro_batches += 1
             tokens += int(batch["attention_mask"].sum())
-            head = torch.stack(
-                [out.loss.detach().double().cpu(), out.audio_loss.double().cpu(), torch.ones((), dtype=torch.float64)]
+            labels = batch["audio_labels"]
+            head = torch.tensor(
+                [out.loss.item(), out.audio_loss.item(), 1.0, labels.shape[0], (labels[..., 0] != IGNORE_INDEX).sum()],
+                dtype=torch.float64,
             )
             sums += torch.cat([head, out.codebook_correct.double().cpu(), out.codebook_count.double().cpu()])
-        grad_norm = _global_grad_norm(engine)
+            if boundary:
+                break
+        ds_norm = engine.get_global_grad_norm()
+        grad_norm = float(ds_norm) if ds_norm is not None else part_norms["total"]
+        lr, lr_scheduled = self.lr_effective, self.lr_scheduled
+        self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, self.cfg.train.min_lr)
+        step = engine.global_steps
+        self.monitor.end_step(step, engine.module, grad_norm, lr_scheduled, lr)
         if self.world_size > 1:
             dist.all_reduce(sums)
         step_time = time.perf_counter() - started
-        n = float(sums[2])
-        correct, count = sums[3 : 3 + num_codebooks], sums[3 + num_codebooks :]
+        n = float(sums[0 + 2])
+        correct, count = sums[5 : 5 + num_codebooks], sums[5 + num_codebooks :]
         values = {
             "train/loss": float(sums[0]) / n,
             "train/audio_loss": float(sums[1]) / n,
             "train/audio_top1": float(correct.sum() / count.sum().clamp(min=1)),
             "train/grad_norm": grad_norm,
+            "train/grad_clip": float(self.cfg.train.gradient_clipping),
             "train/lr": lr,
+            "train/lr_scheduled": lr_scheduled,
             "perf/step_time_s": step_time,
             "perf/data_wait_frac": data_wait / step_time,
             "perf/tokens_per_s": tokens * self.world_size / step_time,
+            "perf/samples_per_s": float(sums[3]) / step_time,
+            "perf/audio_seconds_per_s": float(sums[4]) / self.codec.frame_rate / step_time,
+            "perf/peak_memory_gib": peak_memory_gib(),
+            "monitor/skipped_micro_batches": float(self.monitor.skipped_micro_batches),
+            "monitor/bad_rows_skipped": float(len(self.dataset.rejects)),
         }
         for k in range(num_codebooks):
             values[f"audio_codebook_top1/{k}"] = float(correct[k] / max(1.0, float(count[k])))
-        return StepStats(engine.global_steps, values)
+        for part, value in (part_norms or {}).items():
+            values[f"grad_norm_part/{part}"] = value
+        if self.peak_flops:
+            seq = tokens / max(1.0, float(sums[3]) / self.world_size)
+            flops = llm_flops_per_token(engine.module, seq) * tokens * self.world_size
+            values["perf/mfu"] = flops / step_time / (self.peak_flops * self.world_size)
+        decode_every = mon.decode_every
+        if self.rank == 0 and first is not None and decode_every > 0 and (step == 1 or step % decode_every == 0):
+            self.samples.log(step, *first)
+        return StepStats(step, values)
 
     def save(self) -> None:
         save_checkpoint(self.engine, self.ckpt_dir, self.micro_batches, self.cfg)
 
     def fit(self) -> TrainResult:
         t = self.cfg.train
-        metrics = MetricsLogger(self.tb_dir, enabled=self.rank == 0 and t.tensorboard)
         result = TrainResult(self.out_dir, self.tb_dir, self.ckpt_dir, self.step)
         if self.rank == 0:
             log.info(
                 "training %d examples (%d rejected) on %d rank(s), device %s, ZeRO-%d, %s, step %d -> %d",
-                len(self.dataset),
-                len(self.dataset.rejects),
-                self.world_size,
-                self.device,
-                self.engine.zero_optimization_stage(),
-                "bf16" if self.engine.bfloat16_enabled() else "fp32",
-                self.step,
-                t.max_steps,
-            )
-        while self.step < t.max_steps:
-            stats = self.train_step()
-            step, values = stats.step, stats.values
-            result.losses[step] = values["train/loss"]
-            result.grad_norms[step] = values["train/grad_norm"]
-            result.lrs[step] = values["train/lr"]
-            if self.rank == 0:
-                metrics.scalars(step, values)
-                if step % t.log_every == 0 or step == 1 or step == t.max_steps:
-                    metrics.console(step, t.max_steps, values)
-            if step % t.save_every == 0 or step == t.max_steps:
-                self.save()
+                len(self.dataset), len(self.dataset.rejects), self.world_size, self.device,
+                self.engine.zero_optimization_stage(), "bf16" if self.engine.bfloat16_enabled() else "fp32",
+                self.step, t.max_steps,
+            )  # fmt: skip
+        try:
+            while self.step < t.max_steps:
+                stats = self.train_step()
+                step, values = stats.step, stats.values
+                result.losses[step] = values["train/loss"]
+                result.grad_norms[step] = values["train/grad_norm"]
+                result.lrs[step] = values["train/lr"]
+                if self.rank == 0:
+                    self.metrics.scalars(step, values)
+                    if step % t.log_every == 0 or step == 1 or step == t.max_steps:
+                        self.metrics.console(step, t.max_steps, values)
+                if step % t.save_every == 0 or step == t.max_steps:
+                    self.save()
+        finally:
+            self.metrics.close()
         result.final_step = self.step
-        metrics.close()
         return result
+
+
+def peak_memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:

@@ -77,6 +77,8 @@ class VoiceCloningOutput:
     codebook_correct: torch.Tensor
     codebook_count: torch.Tensor
     audio_in_positions: int
+    predicted_codes: torch.Tensor  # [N, C] teacher-forced argmax at the N predicted frames, row-major over the batch
+    predicted_rows: torch.Tensor  # [B] how many of the N rows belong to each sample
 
 
 class VoiceCloningModel(nn.Module):
@@ -171,7 +173,8 @@ class VoiceCloningModel(nn.Module):
         codebook_losses = (per_token * valid).sum(0) / counts.clamp(min=1)
         # Same reduction as transformers' HiggsAudioV2 loss: the sum over codebooks of each codebook's mean.
         audio_loss = codebook_losses.sum()
-        correct = ((logits.argmax(-1) == targets) & valid).sum(0)
+        predicted = logits.detach().argmax(-1)
+        correct = ((predicted == targets) & valid).sum(0)
 
         loss = audio_loss
         text_loss = None
@@ -190,4 +193,6 @@ class VoiceCloningModel(nn.Module):
             codebook_correct=correct.detach(),
             codebook_count=counts.detach(),
             audio_in_positions=audio_in_positions,
+            predicted_codes=predicted,
+            predicted_rows=predict_at.sum(1),
         )

@@ -1,0 +1,27 @@
+"""Model FLOPs per token and GPU peak throughput, for MFU."""
+
+from __future__ import annotations
+
+import torch
+
+# Dense bf16 tensor-core peaks (FLOP/s) of common training GPUs, by a substring of the device name.
+BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+def llm_flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
+    """Training FLOPs per token of the LLM part: 6 x (non-embedding matmul params that a token passes through) plus
+    attention scores (12 x layers x hidden x seq). Each token uses either the text or the audio FFN, so count one."""
+    cfg = model.llm.config
+    dense = 0
+    for name, param in model.llm.named_parameters():
+        if param.dim() != 2 or "embed" in name or "audio_mlp" in name or "text_lm_head" in name:
+            continue
+        dense += param.numel()
+    return 6.0 * dense + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((value for key, value in BF16_PEAK_FLOPS.items() if key in name), None)

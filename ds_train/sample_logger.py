@@ -1,0 +1,86 @@
+"""Every N steps (rank 0): the prompt as text, and the reference, target and teacher-forced predicted audio decoded
+through the codec, to TensorBoard. All ids pass through `safe_decode` first; nothing here raises into training."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from data_pipeline.delay_pattern import revert_delay
+from data_pipeline.layout import IGNORE_INDEX, AudioGeometry
+from data_pipeline.text_tokens import SpecialTokenIds
+from ds_train.safe_decode import safe_decode_text, sanitize_codes
+
+log = logging.getLogger("ds_train")
+
+
+def audio_spans(input_ids: torch.Tensor, special: SpecialTokenIds, audio_token: int, delay_token: int) -> list[int]:
+    """Frame count of each <|audio_out_bos|> ... <|audio_eos|> span in one sample's input_ids [L], in order."""
+    counts: list[int] = []
+    inside = False
+    for tok in input_ids.tolist():
+        if tok == special.audio_out_bos:
+            inside = True
+            counts.append(0)
+        elif inside and tok in (audio_token, delay_token):
+            counts[-1] += 1
+        elif inside:
+            inside = False
+    return counts
+
+
+class SampleLogger:
+    def __init__(self, writer, tokenizer, codec, geometry: AudioGeometry, audio_token: int, delay_token: int) -> None:
+        self.writer = writer
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.geometry = geometry
+        self.special = SpecialTokenIds.from_tokenizer(tokenizer)
+        self.audio_token, self.delay_token = audio_token, delay_token
+        self.invalid_ids = 0
+
+    def _codes(self, frames: torch.Tensor) -> torch.Tensor:
+        """Delayed frames [F, C] -> codec codes [C, T] with stream markers and out-of-range ids replaced."""
+        codes, bad = sanitize_codes(revert_delay(frames), self.geometry.codec_codebook_size)
+        self.invalid_ids += bad
+        return codes
+
+    def log(self, step: int, batch: dict, out) -> None:
+        try:
+            self._log(step, batch, out)
+        except Exception as err:  # noqa: BLE001 - logging must never stop training
+            log.warning("sample logging at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
+
+    def _log(self, step: int, batch: dict, out) -> None:
+        if self.writer is None:
+            return
+        ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].cpu()
+        prompt = safe_decode_text(self.tokenizer, ids, pad_id=self.special.pad)
+        sample_id = batch.get("sample_ids", ["?"])[0]
+        self.writer.add_text("samples/prompt", f"**{sample_id}**\n\n    {prompt.text}", step)
+        labels = batch["labels"][0].cpu()
+        if (labels != IGNORE_INDEX).any():
+            target = safe_decode_text(self.tokenizer, labels, pad_id=self.special.pad)
+            self.writer.add_text("samples/target_text", target.text, step)
+
+        frames = batch["audio_input_ids"][0][batch["audio_input_ids_mask"][0].bool()].cpu()
+        spans = audio_spans(ids, self.special, self.audio_token, self.delay_token)
+        if len(spans) < 2 or sum(spans) != frames.shape[0]:
+            log.warning("sample logging: cannot split %d frames into audio spans %s", frames.shape[0], spans)
+            return
+        ref_frames, tgt_frames = frames[: spans[0]], frames[sum(spans[:-1]) :]
+        labels = batch["audio_labels"][0][batch["audio_input_ids_mask"][0].bool()].cpu()[sum(spans[:-1]) :]
+        predicted = tgt_frames.clone()
+        rows = int(out.predicted_rows[0])
+        preds = out.predicted_codes[:rows].cpu()
+        # Row r predicts the r-th target frame (from 1 on) whose labels are not all masked.
+        predicted_at = (labels != IGNORE_INDEX).any(-1).nonzero().flatten()
+        if predicted_at.numel() == rows:
+            keep = labels[predicted_at] != IGNORE_INDEX
+            predicted[predicted_at] = torch.where(keep, preds, tgt_frames[predicted_at])
+        sr = self.codec.sample_rate
+        for name, fr in (("reference", ref_frames), ("target", tgt_frames), ("predicted_teacher_forced", predicted)):
+            wave = self.codec.decode(self._codes(fr)).clamp(-1, 1)
+            self.writer.add_audio(f"samples/{name}", wave.unsqueeze(0), step, sample_rate=sr)
+        self.writer.add_scalar("monitor/invalid_ids_in_logging", self.invalid_ids, step)

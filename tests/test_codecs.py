@@ -1,0 +1,167 @@
+"""Both codec backends through the `Codec` protocol: code geometry, batching, decoding, resampling, save/load."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
+
+from data_pipeline.audio import resample
+from data_pipeline.codecs import (
+    HIGGS_RATIOS,
+    Codec,
+    DacCodec,
+    HiggsCodec,
+    _higgs_hop_length,
+    load_codec,
+    tiny_dac,
+    tiny_higgs,
+    tiny_higgs_config,
+)
+
+
+@dataclass
+class Backend:
+    kind: str
+    path: Path
+    codec: Codec  # loaded from `path`
+    fresh: Codec  # wraps the in-memory model that was saved to `path`
+    # Trailing frames batched encode may change: DacCodec pads to the longest input, so the last frames of a shorter
+    # one see the batch's padding through the encoder's receptive field (2 frames for the tiny DAC). HiggsCodec never
+    # pads one utterance to another's length.
+    batch_tail: int
+
+
+@pytest.fixture(scope="module", params=["dac", "higgs"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param == "dac":
+        model, path = tiny_dac(seed=0), root / "tiny_dac.pth"
+        model.save(str(path))
+        return Backend("dac", path, load_codec("dac", path), DacCodec(model), batch_tail=2)
+    model, path = tiny_higgs(seed=0), root / "tiny_higgs"
+    model.save_pretrained(path)
+    return Backend("higgs", path, load_codec("higgs", path), HiggsCodec(model), batch_tail=0)
+
+
+def _speechlike(seconds: float, sample_rate: int, seed: int) -> torch.Tensor:
+    """[round(seconds * sample_rate)] a gliding harmonic tone with noise, amplitude ~0.3."""
+    n = round(seconds * sample_rate)
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    f0 = 120 + 40 * seed + 30 * torch.sin(2 * math.pi * 1.5 * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / sample_rate
+    wave = sum(torch.sin(k * phase) / k for k in range(1, 6)) * 0.2
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.02
+    return (wave + noise).float()
+
+
+def _check_codes(codec: Codec, codes: torch.Tensor, seconds: float) -> None:
+    assert codes.dtype == torch.int64
+    assert codes.shape == (codec.num_codebooks, math.ceil(seconds * codec.frame_rate - 1e-9))
+    assert int(codes.min()) >= 0 and int(codes.max()) < codec.codebook_size
+
+
+def test_geometry(backend: Backend) -> None:
+    codec = backend.codec
+    assert codec.sample_rate == 24000 and codec.frame_rate == 25.0
+    assert codec.num_codebooks == (8 if backend.kind == "higgs" else 4)
+    for seconds in (0.04, 1.0, 1.23):
+        (codes,) = codec.encode([_speechlike(seconds, 24000, seed=1)], 24000)
+        _check_codes(codec, codes, seconds)
+    assert codec.encode([], 24000) == []
+
+
+def test_batched_matches_single(backend: Backend) -> None:
+    codec = backend.codec
+    # Two utterances share a length so HiggsCodec batches them in one forward.
+    seconds = (1.23, 0.7, 1.23)
+    waves = [_speechlike(s, 24000, seed=i) for i, s in enumerate(seconds)]
+    batched = codec.encode(waves, 24000)
+    for wave, codes, s in zip(waves, batched, seconds, strict=True):
+        _check_codes(codec, codes, s)
+        (single,) = codec.encode([wave], 24000)
+        assert codes.shape == single.shape
+        keep = codes.shape[1] - backend.batch_tail
+        assert torch.equal(codes[:, :keep], single[:, :keep])
+    # The codes vary with the input (a random-init codebook could otherwise map everything to one code).
+    assert all(len(row.unique()) > 5 for row in batched[0])
+
+
+def test_decode(backend: Backend) -> None:
+    codec = backend.codec
+    seconds = 1.5
+    (codes,) = codec.encode([_speechlike(seconds, 24000, seed=2)], 24000)
+    wave = codec.decode(codes)
+    assert wave.dim() == 1 and wave.dtype == torch.float32
+    assert torch.isfinite(wave).all()
+    hop = codec.sample_rate / codec.frame_rate
+    assert abs(wave.numel() - seconds * codec.sample_rate) <= hop
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 44100])
+def test_resamples_input(backend: Backend, sample_rate: int) -> None:
+    codec = backend.codec
+    seconds = 1.1
+    wave = _speechlike(seconds, sample_rate, seed=3)
+    (codes,) = codec.encode([wave], sample_rate)
+    _check_codes(codec, codes, seconds)
+    (at_24k,) = codec.encode([resample(wave, sample_rate, 24000)], 24000)
+    assert torch.equal(codes, at_24k)
+
+
+def test_save_load_round_trip(backend: Backend) -> None:
+    waves = [_speechlike(s, 24000, seed=4 + i) for i, s in enumerate((0.9, 1.6))]
+    for loaded, fresh in zip(backend.codec.encode(waves, 24000), backend.fresh.encode(waves, 24000), strict=True):
+        assert torch.equal(loaded, fresh)
+
+
+def test_higgs_matches_model_encode_on_whole_frames() -> None:
+    codec = HiggsCodec(tiny_higgs(seed=1))
+    wave = _speechlike(0.8, 24000, seed=5)  # 20 frames exactly: no padding added
+    (codes,) = codec.encode([wave], 24000)
+    with torch.no_grad():
+        expected = codec.model.encode(wave.view(1, 1, -1), return_dict=False)[0]
+    assert torch.equal(codes, expected)
+
+
+def _tiny_config(acoustic: dict | None = None, semantic: dict | None = None) -> HiggsAudioV2TokenizerConfig:
+    config = tiny_higgs_config().to_dict()
+    config["acoustic_model_config"].update(acoustic or {})
+    config["semantic_model_config"].update(semantic or {})
+    return HiggsAudioV2TokenizerConfig(**config)
+
+
+@pytest.mark.parametrize(
+    ("acoustic", "semantic", "message"),
+    [
+        # hop 1920 -> 12.5 frames/s
+        ({"downsampling_ratios": [*HIGGS_RATIOS, 2], "upsampling_ratios": [*HIGGS_RATIOS, 2]}, None, "not an integer"),
+        # Overriding only the encoder ratios keeps the decoder at the transformers default hop 320.
+        ({"downsampling_ratios": list(HIGGS_RATIOS), "upsampling_ratios": [8, 5, 4, 2]}, None, "does not invert"),
+        # A semantic model striding 640 samples at 16 kHz, kept every 2nd frame: 50 Hz vs 25 Hz acoustic.
+        (None, {"conv_stride": [5, 2, 2, 2, 2, 2, 4]}, "semantic branch"),
+    ],
+)
+def test_higgs_rejects_inconsistent_geometry(acoustic: dict | None, semantic: dict | None, message: str) -> None:
+    model = HiggsAudioV2TokenizerModel(_tiny_config(acoustic, semantic))
+    with pytest.raises(ValueError, match=message):
+        HiggsCodec(model)
+
+
+def test_higgs_default_config_geometry_is_rejected() -> None:
+    # The transformers defaults (hop 320 at 24 kHz) do not map onto the 16 kHz semantic model's frames.
+    with pytest.raises(ValueError, match="semantic"):
+        _higgs_hop_length(HiggsAudioV2TokenizerConfig())
+
+
+def test_load_codec_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_codec("higgs", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        load_codec("dac", tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown codec"):
+        load_codec("encodec", tmp_path)

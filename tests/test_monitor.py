@@ -1,0 +1,175 @@
+"""The monitor: each of the seed report's failures injected into a real DeepSpeed run must be reported, and training
+must behave per policy (warn, or halt after `halt_after` consecutive steps)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipeline.layout import IGNORE_INDEX
+from data_pipeline.text_tokens import build_tiny_tokenizer
+from ds_train.engine import Trainer
+from ds_train.grad_norms import PARTS
+from ds_train.monitor import HealthError
+from ds_train.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
+from tests.helpers import CONFIGS, make_config
+from tests.test_training import read_scalars
+
+
+def _inject(trainer: Trainer, change: Callable[[int, dict], dict]) -> None:
+    """Route every collated batch through `change(index, batch)` before the engine sees it."""
+    source = trainer._batches
+
+    def gen() -> Iterator[dict]:
+        for index, batch in enumerate(source):
+            yield change(index, batch)
+
+    trainer._batches = gen()
+
+
+def _trainer(assets, tmp_path: Path, *overrides: str, ds: str = "zero2_fp32.json") -> Trainer:
+    return Trainer(make_config(assets, tmp_path, "monitor.halt_after=2", *overrides, ds=ds)).setup()
+
+
+def test_zeroed_whisper_features_halt_naming_the_check_and_samples(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=5")
+    _inject(trainer, lambda i, b: {**b, "whisper_input_features": torch.zeros_like(b["whisper_input_features"])})
+    trainer.train_step()  # first failing step: a warning
+    assert trainer.monitor.failures["whisper_features"] == 1
+    with pytest.raises(HealthError, match=r"whisper_features.*all zeros.*samples: spk"):
+        trainer.train_step()
+
+
+def test_missing_codec_codes_are_reported(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=5", "monitor.on_grad_norm=warn")
+    _inject(trainer, lambda i, b: {**b, "audio_labels": torch.full_like(b["audio_labels"], IGNORE_INDEX)})
+    trainer.train_step()
+    with pytest.raises(HealthError, match=r"codec_codes.*0 labelled audio tokens"):
+        trainer.train_step()
+    assert trainer.monitor.failures["grad_norm"] >= 1  # nothing labelled: nothing to learn from either
+
+
+def test_loss_that_reaches_no_trainable_weight_gives_grad_norm_zero_and_halts(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=5")
+    last = f"llm.model.layers.{trainer.engine.module.llm.config.num_hidden_layers - 1}.mlp."
+    for name, param in trainer.engine.module.named_parameters():
+        param.requires_grad_(name.startswith(last))  # in the graph, but no labelled position depends on it
+    stats = trainer.train_step()
+    assert stats.values["train/grad_norm"] == 0.0
+    with pytest.raises(HealthError, match=r"grad_norm.*global gradient norm is 0.0.*frozen"):
+        trainer.train_step()
+
+
+def test_fully_frozen_model_stops_with_a_clear_message(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=5")
+    for param in trainer.engine.module.parameters():
+        param.requires_grad_(False)
+    with pytest.raises(HealthError, match="depends on no trainable parameter"):
+        trainer.train_step()
+
+
+def test_lr_floor_holds_for_a_deepspeed_scheduler_decaying_to_1e_9(assets, tmp_path: Path) -> None:
+    ds = json.loads((CONFIGS / "zero2_fp32.json").read_text())
+    # warmup from 0 (the trap: step 1 at LR 0) then decay to ~0
+    ds["scheduler"] = {
+        "type": "WarmupDecayLR",
+        "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-3, "warmup_num_steps": 2, "total_num_steps": 4},
+    }
+    ds_file = tmp_path / "ds_sched.json"
+    ds_file.write_text(json.dumps(ds))
+    trainer = _trainer(
+        assets, tmp_path / "run", "train.max_steps=6", "train.min_lr=1e-6", f"train.deepspeed_config={ds_file}"
+    )
+    lrs, scheduled = [], []
+    for _ in range(6):
+        values = trainer.train_step().values
+        lrs.append(values["train/lr"])
+        scheduled.append(values["train/lr_scheduled"])
+    assert min(lrs) >= 1e-6
+    assert scheduled[0] == 0.0 and lrs[0] == 1e-6  # warmup's first step would have run at LR 0
+    assert min(scheduled) < 1e-6 and max(lrs) > 1e-4
+    assert trainer.monitor.failures["lr_floor"] >= 2  # reported (policy warn), training went on
+    assert trainer.monitor.failures["params_unchanged"] == 0
+
+
+def test_nan_loss_skips_the_micro_batch_and_counts_it(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=3")
+
+    def poison(index: int, batch: dict) -> dict:
+        if index == 1:
+            return {**batch, "whisper_input_features": torch.full_like(batch["whisper_input_features"], float("nan"))}
+        return batch
+
+    _inject(trainer, poison)
+    values = [trainer.train_step().values for _ in range(3)]
+    assert trainer.step == 3 and trainer.monitor.skipped_micro_batches == 1
+    assert trainer.monitor.failures["nonfinite_loss"] == 1
+    assert all(math.isfinite(v["train/loss"]) and math.isfinite(v["train/grad_norm"]) for v in values)
+    assert values[-1]["monitor/skipped_micro_batches"] == 1.0
+    assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
+
+
+def test_repeated_nan_losses_halt(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=3")
+    _inject(trainer, lambda i, b: {**b, "whisper_input_features": b["whisper_input_features"] * float("nan")})
+    with pytest.raises(HealthError, match="non-finite loss"):
+        trainer.train_step()
+
+
+@pytest.mark.parametrize("ds", ["zero2_bf16.json", "zero2_fp32.json"])
+def test_part_norms_add_up_to_the_global_norm(assets, tmp_path: Path, ds: str) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=3", "monitor.part_norms_every=1", ds=ds)
+    values = trainer.train_step().values
+    parts = {k.split("/")[1]: v for k, v in values.items() if k.startswith("grad_norm_part/")}
+    assert set(parts) - {"total"} <= set(PARTS) and {"audio_ffn", "whisper_encoder", "projector"} <= set(parts)
+    assert all(v > 0 for v in parts.values())
+    assert math.sqrt(sum(v**2 for k, v in parts.items() if k != "total")) == pytest.approx(parts["total"], rel=1e-4)
+    assert parts["total"] == pytest.approx(values["train/grad_norm"], rel=1e-3)
+
+
+def test_samples_are_decoded_to_tensorboard(assets, tmp_path: Path) -> None:
+    trainer = _trainer(assets, tmp_path, "train.max_steps=2", "monitor.decode_every=2")
+    trainer.fit()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(trainer.tb_dir), size_guidance={"audio": 0, "tensors": 0})
+    acc.Reload()
+    audio = set(acc.Tags()["audio"])
+    assert {"samples/reference", "samples/target", "samples/predicted_teacher_forced"} <= audio
+    assert [e.step for e in acc.Audio("samples/target")] == [1, 2]
+    assert any("samples/prompt" in tag for tag in acc.Tags()["tensors"])
+    assert read_scalars(trainer.tb_dir)["perf/samples_per_s"][2] > 0
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        torch.tensor([5, -100, 7, -5, 10**9, 3]),
+        torch.tensor([[1.0, float("nan")], [float("inf"), 2.5]]),
+        torch.tensor([], dtype=torch.long),
+        torch.tensor([2**62, -(2**62)]),
+        [1, "x", None, 2],
+        "not ids",
+    ],
+)
+def test_safe_decode_never_raises(ids) -> None:
+    tok = build_tiny_tokenizer()
+    decoded = safe_decode_text(tok, ids, pad_id=tok.pad_token_id)
+    assert isinstance(decoded.text, str)
+
+
+def test_safe_decode_marks_and_counts_bad_ids() -> None:
+    tok = build_tiny_tokenizer()
+    good = tok("hello", add_special_tokens=False)["input_ids"]
+    decoded = safe_decode_text(
+        tok, torch.tensor([*good, -100, -3, len(tok), tok.pad_token_id]), pad_id=tok.pad_token_id
+    )
+    assert decoded.text == "hello" + INVALID_MARKER * 2
+    assert decoded.invalid == 2 and decoded.dropped == 2
+    codes, bad = sanitize_codes(torch.tensor([[0, 1025, -1], [5, 1023, 2**40]]), codebook_size=1024)
+    assert codes.tolist() == [[0, 0, 0], [5, 1023, 0]] and bad == 3
