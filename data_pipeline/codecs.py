@@ -256,7 +256,7 @@ def tiny_higgs_config(codebook_size: int = 1024) -> HiggsAudioV2TokenizerConfig:
 
 
 def tiny_higgs(seed: int = 0, codebook_size: int = 1024) -> HiggsAudioV2TokenizerModel:
-    """A ~0.4M-parameter random-init HiggsAudioV2TokenizerModel with the published 24 kHz / 25 frames/s / 8-codebook
+    """A ~0.46M-parameter random-init HiggsAudioV2TokenizerModel with the published 24 kHz / 25 frames/s / 8-codebook
     geometry (see `tiny_higgs_config`)."""
     from transformers import HiggsAudioV2TokenizerModel
 

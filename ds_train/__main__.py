@@ -1,5 +1,10 @@
-"""Command line: `python -m ds_train train --config run.yaml [section.key=value ...] [--resume]` and
-`python -m ds_train demo [--steps N] [--output-dir DIR]` and `python -m ds_train info [--preset 3b]`."""
+"""Command line of the trainer.
+
+python -m ds_train train --config run.yaml [section.key=value ...] [--resume]
+python -m ds_train demo [--steps N] [--output-dir DIR] [section.key=value ...]
+python -m ds_train doctor --config run.yaml [section.key=value ...]
+python -m ds_train info [--preset 3b] [--whisper large-v3|off]
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ds_train", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ds_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train from a run config")
     p_train.add_argument("--config", required=True, help="run config YAML (see ds_configs/)")
@@ -31,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p_demo.add_argument("--output-dir", default="runs/demo", help="where corpus, logs and checkpoints go")
     p_demo.add_argument("overrides", nargs="*", help="section.key=value applied on top of ds_configs/demo.yaml")
+    p_doc = sub.add_parser("doctor", help="one real step on the run config, then a pass/fail table of health checks")
+    p_doc.add_argument("--config", required=True)
+    p_doc.add_argument("overrides", nargs="*", help="section.key=value")
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
@@ -52,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         result = train(load_run_config(args.config, args.overrides), resume=args.resume)
         _print_where(result)
         return 0
+    if args.command == "doctor":
+        from ds_train.config import load_run_config
+        from ds_train.doctor import print_table, run_doctor
+
+        checks = run_doctor(load_run_config(args.config, args.overrides))
+        if os.environ.get("RANK", "0") != "0":
+            return 0
+        return 0 if print_table(checks) else 1
     if args.command == "demo":
         from ds_train.demo import run_demo
 

@@ -13,6 +13,7 @@ from data_pipeline.codecs import Codec, load_codec
 from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer, load_tokenizer
 from ds_train.config import ConfigError, RunConfig
+from ds_train.grad_norms import PARTS, part_of
 from ds_train.model import VoiceCloningModel, WhisperTower, load_whisper_encoder
 from ds_train.presets import llm_config, whisper_config
 
@@ -52,6 +53,21 @@ def check_special_tokens(llm_cfg, special: SpecialTokenIds, source: str) -> None
         raise ConfigError(f"{source}: model config and tokenizer disagree on token ids (model, tokenizer): {wrong}")
 
 
+FREEZE_ALIASES = {"llm": "llm_attention_text_ffn"}
+
+
+def freeze_parts(model: VoiceCloningModel, spec: str) -> None:
+    """Set requires_grad=False on the named parts (see ModelSection.freeze)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    parts = {FREEZE_ALIASES.get(n, n) for n in names}
+    unknown = parts - set(PARTS)
+    if unknown:
+        raise ConfigError(f"model.freeze: unknown parts {sorted(unknown)}; choose from llm, {', '.join(PARTS[1:])}")
+    for name, param in model.named_parameters():
+        if part_of(name) in parts:
+            param.requires_grad_(False)
+
+
 def build_model(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, geometry: AudioGeometry) -> VoiceCloningModel:
     """HiggsAudioV2ForConditionalGeneration (local weights or a random-init preset) + the Whisper tower."""
     special = SpecialTokenIds.from_tokenizer(tokenizer)
@@ -83,6 +99,7 @@ def build_model(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, geometry: Au
         if not cfg.whisper.trainable:
             encoder.requires_grad_(False)
     model = VoiceCloningModel(llm, whisper, special.audio_in)
+    freeze_parts(model, cfg.model.freeze)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("model from %s: %.2fM parameters, %.2fM trainable", source, total / 1e6, trainable / 1e6)

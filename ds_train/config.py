@@ -25,6 +25,9 @@ class ModelSection:
     path: str | None = None  # local transformers-format HiggsAudioV2 directory (tokenizer included)
     tokenizer_path: str | None = None  # defaults to `path`; presets build a small BPE tokenizer
     text_head: bool = False
+    # Comma-separated parts to freeze: llm (attention + text FFN + norms), audio_ffn, audio_embed_head,
+    # text_embed_head, whisper_encoder, projector (same names as the per-part gradient norms).
+    freeze: str = ""
 
 
 @dataclass

@@ -117,6 +117,11 @@ class Trainer:
         model = build_model(cfg, self.tokenizer, self.geometry)
         if self.rank == 0:
             self.tokenizer.save_pretrained(str(self.out_dir / "tokenizer"))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise HealthError(
+                f"[health:grad_norm] every parameter is frozen (model.freeze={cfg.model.freeze!r}, "
+                f"whisper.trainable={cfg.whisper.trainable}): nothing can learn, the grad norm would be 0"
+            )
         self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
@@ -287,6 +292,9 @@ class Trainer:
                 result.lrs[step] = values["train/lr"]
                 if self.rank == 0:
                     self.metrics.scalars(step, values)
+                if self.engine.monitor.enabled:
+                    # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too
+                    self.engine.monitor.write_events([(f"ds_train/{k}", v, step) for k, v in values.items()])
                     if step % t.log_every == 0 or step == 1 or step == t.max_steps:
                         self.metrics.console(step, t.max_steps, values)
                 if step % t.save_every == 0 or step == t.max_steps:

@@ -173,3 +173,15 @@ def test_safe_decode_marks_and_counts_bad_ids() -> None:
     assert decoded.invalid == 2 and decoded.dropped == 2
     codes, bad = sanitize_codes(torch.tensor([[0, 1025, -1], [5, 1023, 2**40]]), codebook_size=1024)
     assert codes.tolist() == [[0, 0, 0], [5, 1023, 0]] and bad == 3
+
+
+def test_deepspeed_monitor_config_is_passed_through(assets, tmp_path: Path) -> None:
+    ds = json.loads((CONFIGS / "zero2_fp32.json").read_text())
+    ds["csv_monitor"] = {"enabled": True, "output_path": str(tmp_path / "csv"), "job_name": "run"}
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    trainer = _trainer(assets, tmp_path / "out", "train.max_steps=2", f"train.deepspeed_config={tmp_path / 'ds.json'}")
+    trainer.fit()
+    written = {p.name for p in (tmp_path / "csv").rglob("*.csv")}
+    assert {"ds_train_train_loss.csv", "ds_train_train_grad_norm.csv", "Train_Samples_lr.csv"} <= written
+    rows = next((tmp_path / "csv").rglob("ds_train_train_loss.csv")).read_text().splitlines()
+    assert len(rows) == 3  # header + steps 1, 2

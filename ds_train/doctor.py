@@ -1,0 +1,159 @@
+"""`python -m ds_train doctor --config run.yaml`: build the run's data pipeline and model, take one real optimizer
+step, and print a pass/fail table of what the seed report's failures (and a few more things) look like on this run.
+
+It writes nothing into the run's output directory (it uses a temporary one) and exits non-zero if any check fails.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import transformers
+
+from data_pipeline.layout import IGNORE_INDEX
+from ds_train.config import RunConfig
+from ds_train.monitor import HealthError
+from ds_train.safe_decode import safe_decode_text
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: information only
+    detail: str
+
+
+HEALTH_CHECK_NAMES = {
+    "whisper_features": "1. Whisper features non-empty, placed",
+    "codec_codes": "2. codec codes at audio positions",
+    "grad_norm": "3. grad norm finite and > 0",
+    "lr_floor": "4. learning rate > 0 and >= floor",
+    "params_unchanged": "parameters changed",
+    "nonfinite_loss": "loss finite",
+}
+
+
+def _health_failure(err: HealthError) -> Check:
+    """A check that stops the run before a step completes (e.g. nothing trainable) is reported under its own name."""
+    text = str(err)
+    tag = text.split("]", 1)[0].removeprefix("[health:") if text.startswith("[health:") else ""
+    return Check(HEALTH_CHECK_NAMES.get(tag, "one optimizer step"), False, text)
+
+
+def _label_alignment(trainer, batch: dict) -> Check:
+    """Our loss (shift inside, once) must equal transformers' own HiggsAudioV2 loss on the same batch and embeddings."""
+    model = trainer.engine.module
+    with torch.no_grad():
+        ours = model(**batch)
+        model._pending_audio_in = model.audio_in_embeddings(
+            batch["input_ids"], batch.get("whisper_input_features"), batch.get("whisper_token_counts")
+        )
+        try:
+            theirs = model.llm(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                audio_input_ids=batch["audio_input_ids"], audio_input_ids_mask=batch["audio_input_ids_mask"],
+                audio_labels=batch["audio_labels"], use_cache=False,
+            ).loss  # fmt: skip
+        finally:
+            model._pending_audio_in = None
+    a, b = float(ours.audio_loss), float(theirs)
+    tol = 2e-2 if trainer.engine.bfloat16_enabled() else 1e-4
+    frames = batch["audio_input_ids"][batch["audio_input_ids_mask"]]
+    labels = batch["audio_labels"][batch["audio_input_ids_mask"]]
+    aligned = bool(((labels == frames) | (labels == IGNORE_INDEX)).all())
+    ok = aligned and math.isclose(a, b, rel_tol=tol)
+    return Check(
+        "label alignment (t predicts t+1)", ok, f"loss {a:.4f} vs transformers {b:.4f}; labels aligned: {aligned}"
+    )
+
+
+def run_doctor(cfg: RunConfig) -> list[Check]:
+    from ds_train.engine import Trainer
+
+    for field in ("on_whisper_features", "on_codec_codes", "on_grad_norm", "on_nonfinite_loss", "on_params_unchanged",
+                  "on_lr_floor"):  # fmt: skip
+        setattr(cfg.monitor, field, "warn")  # collect every finding instead of stopping at the first
+    cfg.monitor.part_norms_every = 1
+    cfg.monitor.decode_every = 0
+    cfg.train.tensorboard = False
+    cfg.train.output_dir = tempfile.mkdtemp(prefix="ds_train_doctor_")
+    checks = [
+        Check("versions", None, f"python {platform.python_version()}, torch {torch.__version__}, deepspeed "
+              f"{deepspeed.__version__}, transformers {transformers.__version__}"),
+    ]  # fmt: skip
+    try:
+        trainer = Trainer(cfg).setup()
+    except HealthError as err:
+        checks.append(_health_failure(err))
+        return checks
+    except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
+        checks.append(Check("data pipeline + model build", False, f"{type(err).__name__}: {err}"))
+        return checks
+    engine = trainer.engine
+    accel = deepspeed.get_accelerator().device_name()
+    if torch.cuda.is_available():
+        accel += f" ({torch.cuda.get_device_name(0)})"
+    zero = trainer.ds_config.get("zero_optimization", {})
+    offload = [k for k in ("offload_optimizer", "offload_param") if zero.get(k, {}).get("device", "none") != "none"]
+    checks += [
+        Check("accelerator / world size", None, f"{accel}, {trainer.world_size} rank(s)"),
+        Check("deepspeed config", None,
+              f"ZeRO-{engine.zero_optimization_stage()}, {'bf16' if engine.bfloat16_enabled() else 'fp32'}, "
+              f"micro-batch {engine.train_micro_batch_size_per_gpu()}, accumulation "
+              f"{engine.gradient_accumulation_steps()}, clipping {engine.gradient_clipping()}, "
+              f"offload {offload or 'none'}"),
+        Check("data", len(trainer.dataset) > 0,
+              f"{len(trainer.dataset)} examples, {len(trainer.dataset.rejects)} rejected rows"),
+    ]  # fmt: skip
+    batch = next(iter(trainer.loader))
+    batch = {k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    feats = batch.get("whisper_input_features")
+    checks.append(_label_alignment(trainer, batch))
+    try:
+        stats = trainer.train_step()
+    except HealthError as err:
+        checks.append(_health_failure(err))
+        return checks
+    found = {f.check: f.render() for f in trainer.monitor.findings}
+    grad_norm, lr = stats.values["train/grad_norm"], stats.values["train/lr"]
+    whisper_detail = (
+        "Whisper off" if not cfg.whisper.enabled else f"features {tuple(feats.shape) if feats is not None else None}"
+    )
+    loss = stats.values["train/loss"]
+    grad_ok = math.isfinite(grad_norm) and grad_norm > 0
+    rows = [
+        ("whisper_features", True, whisper_detail),
+        ("codec_codes", True, f"{int(batch['audio_input_ids_mask'].sum())} frames, labelled targets present"),
+        ("grad_norm", grad_ok, f"{grad_norm:.4g}, clip {cfg.train.gradient_clipping}"),
+        ("lr_floor", lr > 0 and lr >= cfg.train.min_lr,
+         f"step-1 LR {lr:.3g} (scheduler asked {stats.values['train/lr_scheduled']:.3g}), floor {cfg.train.min_lr:g}"),
+        ("params_unchanged", True, "yes"),
+        ("nonfinite_loss", math.isfinite(loss), f"{loss:.4f}"),
+    ]  # fmt: skip
+    for check, ok, detail in rows:
+        checks.append(Check(HEALTH_CHECK_NAMES[check], ok and check not in found, found.get(check, detail)))
+    garbage = torch.tensor([-100, -1, 10**12, len(trainer.tokenizer), 0])
+    try:
+        safe_decode_text(trainer.tokenizer, batch["input_ids"][0])
+        decoded = safe_decode_text(trainer.tokenizer, garbage)
+        checks.append(Check("5. safe decoding of out-of-range ids", True, f"{decoded.invalid} invalid ids marked"))
+    except Exception as err:  # noqa: BLE001
+        checks.append(Check("5. safe decoding of out-of-range ids", False, f"{type(err).__name__}: {err}"))
+    return checks
+
+
+def print_table(checks: list[Check], out=sys.stdout) -> bool:
+    """Prints the table; returns True when nothing failed."""
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        status = "info" if c.ok is None else ("PASS" if c.ok else "FAIL")
+        print(f"{status:<5} {c.name:<{width}}  {c.detail}", file=out)
+    failed = [c.name for c in checks if c.ok is False]
+    print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}", file=out)
+    return not failed
