@@ -188,8 +188,10 @@ class Trainer:
         )
         started = time.perf_counter()
         data_wait = 0.0
-        # loss, audio loss, micro-batches, samples, labelled codebook-0 frames, per-codebook correct, per-codebook count
-        sums = torch.zeros(5 + 2 * num_codebooks, dtype=torch.float64)
+        # loss, audio loss, text loss, micro-batches, samples, labelled codebook-0 frames, then per codebook:
+        # summed loss, correct, count
+        head_size = 6
+        sums = torch.zeros(head_size + 3 * num_codebooks, dtype=torch.float64)
         tokens = 0
         part_norms: dict[str, float] | None = None
         first: tuple[dict, object] | None = None
@@ -222,11 +224,14 @@ class Trainer:
             self.micro_batches += 1
             tokens += int(batch["attention_mask"].sum())
             labels = batch["audio_labels"]
+            text_loss = 0.0 if out.text_loss is None else out.text_loss.item()
             head = torch.tensor(
-                [out.loss.item(), out.audio_loss.item(), 1.0, labels.shape[0], (labels[..., 0] != IGNORE_INDEX).sum()],
+                [out.loss.item(), out.audio_loss.item(), text_loss, 1.0, labels.shape[0],
+                 (labels[..., 0] != IGNORE_INDEX).sum()],
                 dtype=torch.float64,
-            )
-            sums += torch.cat([head, out.codebook_correct.double().cpu(), out.codebook_count.double().cpu()])
+            )  # fmt: skip
+            per_codebook = [out.codebook_losses, out.codebook_correct, out.codebook_count]
+            sums += torch.cat([head, *(t.double().cpu() for t in per_codebook)])
             if boundary:
                 break
         ds_norm = engine.get_global_grad_norm()
@@ -238,8 +243,8 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(sums)
         step_time = time.perf_counter() - started
-        n = float(sums[0 + 2])
-        correct, count = sums[5 : 5 + num_codebooks], sums[5 + num_codebooks :]
+        n = float(sums[3])
+        cb_loss, correct, count = sums[head_size:].view(3, num_codebooks)
         values = {
             "train/loss": float(sums[0]) / n,
             "train/audio_loss": float(sums[1]) / n,
@@ -251,18 +256,21 @@ class Trainer:
             "perf/step_time_s": step_time,
             "perf/data_wait_frac": data_wait / step_time,
             "perf/tokens_per_s": tokens * self.world_size / step_time,
-            "perf/samples_per_s": float(sums[3]) / step_time,
-            "perf/audio_seconds_per_s": float(sums[4]) / self.codec.frame_rate / step_time,
+            "perf/samples_per_s": float(sums[4]) / step_time,
+            "perf/audio_seconds_per_s": float(sums[5]) / self.codec.frame_rate / step_time,
             "perf/peak_memory_gib": peak_memory_gib(),
             "monitor/skipped_micro_batches": float(self.monitor.skipped_micro_batches),
             "monitor/bad_rows_skipped": float(len(self.dataset.rejects)),
         }
         for k in range(num_codebooks):
             values[f"audio_codebook_top1/{k}"] = float(correct[k] / max(1.0, float(count[k])))
+            values[f"audio_codebook_loss/{k}"] = float(cb_loss[k]) / n
+        if self.cfg.model.text_head:
+            values["train/text_loss"] = float(sums[2]) / n
         for part, value in (part_norms or {}).items():
             values[f"grad_norm_part/{part}"] = value
         if self.peak_flops:
-            seq = tokens / max(1.0, float(sums[3]) / self.world_size)
+            seq = tokens / max(1.0, float(sums[4]) / self.world_size)
             flops = llm_flops_per_token(engine.module, seq) * tokens * self.world_size
             values["perf/mfu"] = flops / step_time / (self.peak_flops * self.world_size)
         decode_every = mon.decode_every
@@ -292,11 +300,11 @@ class Trainer:
                 result.lrs[step] = values["train/lr"]
                 if self.rank == 0:
                     self.metrics.scalars(step, values)
+                    if step % t.log_every == 0 or step == 1 or step == t.max_steps:
+                        self.metrics.console(step, t.max_steps, values)
                 if self.engine.monitor.enabled:
                     # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too
                     self.engine.monitor.write_events([(f"ds_train/{k}", v, step) for k, v in values.items()])
-                    if step % t.log_every == 0 or step == 1 or step == t.max_steps:
-                        self.metrics.console(step, t.max_steps, values)
                 if step % t.save_every == 0 or step == t.max_steps:
                     self.save()
         finally:

@@ -40,6 +40,16 @@ class SampleLogger:
         self.audio_token, self.delay_token = audio_token, delay_token
         self.invalid_ids = 0
 
+    def _target_text_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last user turn's tokens (the text the target audio speaks), from one sample's input_ids [L]."""
+        seq = ids.tolist()
+        headers = [i for i, t in enumerate(seq) if t == self.special.end_header]
+        if len(headers) < 2:
+            return ids[:0]
+        start = headers[-2] + 1  # the final header is the assistant's; the one before opens the target text
+        end = next((i for i in range(start, len(seq)) if seq[i] == self.special.eot), len(seq))
+        return ids[start:end]
+
     def _codes(self, frames: torch.Tensor) -> torch.Tensor:
         """Delayed frames [F, C] -> codec codes [C, T] with stream markers and out-of-range ids replaced."""
         codes, bad = sanitize_codes(revert_delay(frames), self.geometry.codec_codebook_size)
@@ -59,10 +69,8 @@ class SampleLogger:
         prompt = safe_decode_text(self.tokenizer, ids, pad_id=self.special.pad)
         sample_id = batch.get("sample_ids", ["?"])[0]
         self.writer.add_text("samples/prompt", f"**{sample_id}**\n\n    {prompt.text}", step)
-        labels = batch["labels"][0].cpu()
-        if (labels != IGNORE_INDEX).any():
-            target = safe_decode_text(self.tokenizer, labels, pad_id=self.special.pad)
-            self.writer.add_text("samples/target_text", target.text, step)
+        target = safe_decode_text(self.tokenizer, self._target_text_ids(ids), pad_id=self.special.pad)
+        self.writer.add_text("samples/target_text", target.text.strip(), step)
 
         frames = batch["audio_input_ids"][0][batch["audio_input_ids_mask"][0].bool()].cpu()
         spans = audio_spans(ids, self.special, self.audio_token, self.delay_token)

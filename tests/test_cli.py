@@ -32,6 +32,8 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     proc = _run([sys.executable, "-m", "ds_train", "demo", "--steps", "12", "--output-dir", str(out)])
     tb = out / "run" / "tensorboard"
     assert f"tensorboard --logdir {tb}" in proc.stdout
+    console = [line for line in proc.stderr.splitlines() if "| loss " in line]
+    assert len(console) == 2 and "step    12/12 | loss" in console[-1]  # step 1 and the last (log_every is 25)
     assert (out / "run" / "checkpoints" / "global_step12").is_dir()
     assert len(list((out / "corpus" / "wavs").glob("*.wav"))) == 48
     scalars = read_scalars(tb)
