@@ -100,6 +100,12 @@ def build_model(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, geometry: Au
             encoder.requires_grad_(False)
     model = VoiceCloningModel(llm, whisper, special.audio_in)
     freeze_parts(model, cfg.model.freeze)
+    if cfg.train.activation_checkpointing:
+        # non-reentrant checkpointing works with frozen inputs and DeepSpeed's ZeRO hooks
+        kwargs = {"use_reentrant": False}
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if whisper is not None:
+            whisper.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("model from %s: %.2fM parameters, %.2fM trainable", source, total / 1e6, trainable / 1e6)

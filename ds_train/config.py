@@ -61,8 +61,13 @@ class TrainSection:
     weight_decay: float = 0.0
     seed: int = 1234
     log_every: int = 10
-    save_every: int = 100  # also saves at the last step
+    save_every: int = 100  # also saves at the last step, and on SIGTERM/SIGINT or the wall-time limit
+    keep_last: int = 3  # checkpoints kept (older ones are deleted); 0 keeps all
+    max_wall_minutes: float = 0.0  # save and stop cleanly after this long; 0 = no limit
+    activation_checkpointing: bool = False  # recompute decoder-layer (and Whisper) activations in backward
     tensorboard: bool = True
+    # Fault injection for resilience tests: rank 0 SIGKILLs itself right after saving this step (0 = off).
+    debug_kill_after_step: int = 0
 
 
 CHECK_POLICIES = ("warn", "halt")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import resource
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
 from data_pipeline.sampler import ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
+from ds_train import checkpointing
 from ds_train.build import build_codec, build_model, build_tokenizer
 from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.distributed import device_for, init_distributed
@@ -44,6 +47,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> mean loss over ranks and micro-batches
     grad_norms: dict[int, float] = field(default_factory=dict)
     lrs: dict[int, float] = field(default_factory=dict)
+    stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "wall-time limit" when the run stopped early
 
 
 def seed_everything(seed: int) -> None:
@@ -103,6 +107,7 @@ class Trainer:
         self.out_dir = Path(cfg.train.output_dir).resolve()
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
+        self._monitor_state: dict | None = None  # monitor counters restored from a checkpoint
 
     def setup(self) -> Trainer:
         cfg, t = self.cfg, self.cfg.train
@@ -147,6 +152,8 @@ class Trainer:
         )  # fmt: skip
         self._batches = iter(self.loader)
         self.monitor = HealthMonitor(cfg.monitor, cfg.whisper.enabled)
+        if self._monitor_state:
+            self.monitor.load_state_dict(self._monitor_state)
         self.metrics = MetricsLogger(self.tb_dir, enabled=self.rank == 0 and t.tensorboard)
         llm_cfg = self.engine.module.llm.config
         self.samples = SampleLogger(
@@ -157,14 +164,17 @@ class Trainer:
         return self
 
     def _load_latest(self) -> None:
-        if not (self.ckpt_dir / "latest").is_file():
+        tag = checkpointing.latest_tag(self.ckpt_dir)
+        if tag is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_dir} (run without --resume to start fresh)")
-        load_path, client = self.engine.load_checkpoint(str(self.ckpt_dir))
+        checkpointing.check_world_size(self.ckpt_dir, tag, self.world_size, self.ds_config)
+        load_path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if load_path is None:
             raise RuntimeError(f"--resume: DeepSpeed could not load the latest checkpoint in {self.ckpt_dir}")
         self.micro_batches = int(client["micro_batches"])
         states = client["rng"]
         _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
+        self._monitor_state = client.get("monitor")
         log.info("resumed from %s at step %d", load_path, self.engine.global_steps)
 
     @property
@@ -278,8 +288,30 @@ class Trainer:
             self.samples.log(step, *first)
         return StepStats(step, values)
 
-    def save(self) -> None:
-        save_checkpoint(self.engine, self.ckpt_dir, self.micro_batches, self.cfg)
+    def save(self) -> str:
+        states = [None] * self.world_size
+        dist.all_gather_object(states, _rng_state())
+        client = {
+            "micro_batches": self.micro_batches,
+            "rng": states,
+            "run_config": self.cfg.to_dict(),
+            "monitor": self.monitor.state_dict(),
+            # lets `python -m deepspeed.checkpoint.ds_to_universal` convert this checkpoint for another rank count
+            "universal_checkpoint_info": {"universal_checkpoint_version": 0.4},
+        }
+        meta = {
+            "step": self.step,
+            "world_size": self.world_size,
+            "zero_stage": self.engine.zero_optimization_stage(),
+            "bf16": self.engine.bfloat16_enabled(),
+            "num_codebooks": self.geometry.num_codebooks,
+            "codec_codebook_size": self.geometry.codec_codebook_size,
+        }
+        tag = checkpointing.save(self.engine, self.ckpt_dir, client, meta, self.cfg.train.keep_last)
+        if self.cfg.train.debug_kill_after_step == self.step and self.rank == 0:
+            log.warning("train.debug_kill_after_step=%d: killing rank 0 with SIGKILL", self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return tag
 
     def fit(self) -> TrainResult:
         t = self.cfg.train
@@ -291,6 +323,7 @@ class Trainer:
                 self.engine.zero_optimization_stage(), "bf16" if self.engine.bfloat16_enabled() else "fp32",
                 self.step, t.max_steps,
             )  # fmt: skip
+        stopper = GracefulStop(t.max_wall_minutes)
         try:
             while self.step < t.max_steps:
                 stats = self.train_step()
@@ -305,12 +338,49 @@ class Trainer:
                 if self.engine.monitor.enabled:
                     # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too
                     self.engine.monitor.write_events([(f"ds_train/{k}", v, step) for k, v in values.items()])
-                if step % t.save_every == 0 or step == t.max_steps:
+                reason = stopper.agreed_reason(self.device)
+                if step % t.save_every == 0 or step == t.max_steps or reason:
                     self.save()
+                if reason:
+                    log.warning("stopping at step %d (%s) after saving a checkpoint", step, reason)
+                    result.stopped_by = reason
+                    break
         finally:
+            stopper.restore()
             self.metrics.close()
         result.final_step = self.step
         return result
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT and the wall-time limit set a flag; the loop saves and stops at the end of the current step.
+    Ranks agree through an all-reduce so every rank saves the same step (and none hangs in a collective)."""
+
+    def __init__(self, max_wall_minutes: float) -> None:
+        self.reason: str | None = None
+        self.deadline = time.monotonic() + max_wall_minutes * 60 if max_wall_minutes > 0 else None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with whoever owns them
+                pass
+
+    def _handle(self, signum: int, frame) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def agreed_reason(self, device: torch.device) -> str | None:
+        if self.deadline is not None and time.monotonic() > self.deadline and self.reason is None:
+            self.reason = "wall-time limit"
+        codes = {None: 0, "wall-time limit": 1, "SIGTERM": 2, "SIGINT": 3}
+        flag = torch.tensor(float(codes.get(self.reason, 2)), device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return {v: k for k, v in codes.items()}[int(flag.item())]
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def peak_memory_gib() -> float:
@@ -322,16 +392,3 @@ def peak_memory_gib() -> float:
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     """Run (or resume) the training the config describes; returns where logs and checkpoints are."""
     return Trainer(cfg, resume).setup().fit()
-
-
-def save_checkpoint(engine, ckpt_dir: Path, micro_batches: int, cfg: RunConfig) -> None:
-    """DeepSpeed checkpoint (model, optimizer, scheduler) plus what an exact resume needs: data position and RNG."""
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, _rng_state())
-    engine.save_checkpoint(
-        str(ckpt_dir),
-        tag=f"global_step{engine.global_steps}",
-        client_state={"micro_batches": micro_batches, "rng": states, "run_config": cfg.to_dict()},
-    )
-    if dist.get_rank() == 0:
-        log.info("saved checkpoint %s/global_step%d", ckpt_dir, engine.global_steps)

@@ -73,6 +73,19 @@ class HealthMonitor:
         self._pending: dict[str, list] = {}
         self._snapshots: dict[str, torch.Tensor] = {}
 
+    def state_dict(self) -> dict:
+        """Counters carried across a resume (per-check failures, consecutive failures, skipped micro-batches)."""
+        return {
+            "failures": dict(self.failures),
+            "consecutive": dict(self.consecutive),
+            "skipped_micro_batches": self.skipped_micro_batches,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.failures.update(state.get("failures", {}))
+        self.consecutive.update(state.get("consecutive", {}))
+        self.skipped_micro_batches = int(state.get("skipped_micro_batches", 0))
+
     # -- per micro-batch -------------------------------------------------------------------------------------------
     def observe_batch(self, batch: dict, out) -> None:
         """Whisper-feature and codec-code checks on one micro-batch and its model output."""
