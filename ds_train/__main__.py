@@ -1,6 +1,6 @@
 """Command line of the trainer.
 
-python -m ds_train train --config run.yaml [section.key=value ...] [--resume]
+python -m ds_train train --config run.yaml [section.key=value ...] [--resume | --auto-resume]
 python -m ds_train demo [--steps N] [--output-dir DIR] [section.key=value ...]
 python -m ds_train doctor --config run.yaml [section.key=value ...]
 python -m ds_train info [--preset 3b] [--whisper large-v3|off]
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p_train = sub.add_parser("train", help="train from a run config")
     p_train.add_argument("--config", required=True, help="run config YAML (see ds_configs/)")
     p_train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output dir")
+    p_train.add_argument(
+        "--auto-resume", action="store_true", help="resume if the output dir has a checkpoint, else start fresh"
+    )
     p_train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
     p_demo = sub.add_parser("demo", help="synthesize a small corpus and train the tiny model on it")
     p_demo.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     p_doc = sub.add_parser("doctor", help="one real step on the run config, then a pass/fail table of health checks")
     p_doc.add_argument("--config", required=True)
     p_doc.add_argument("overrides", nargs="*", help="section.key=value")
+    p_exp = sub.add_parser("export", help="checkpoint (any ZeRO stage) -> transformers folder + Whisper tower folder")
+    p_exp.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
+    p_exp.add_argument("--out", required=True)
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
@@ -57,10 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         from ds_train.config import load_run_config
-        from ds_train.engine import train
+        from ds_train.engine import has_checkpoint, train
 
-        result = train(load_run_config(args.config, args.overrides), resume=args.resume)
+        cfg = load_run_config(args.config, args.overrides)
+        resume = args.resume or (args.auto_resume and has_checkpoint(cfg))
+        result = train(cfg, resume=resume)
         _print_where(result)
+        return 0
+    if args.command == "export":
+        from ds_train.export import export
+
+        print(f"exported to {export(args.checkpoint, args.out)}")
         return 0
     if args.command == "doctor":
         from ds_train.config import load_run_config

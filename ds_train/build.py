@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import HiggsAudioV2ForConditionalGeneration, PreTrainedTokenizerBase
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -14,7 +15,8 @@ from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer, load_tokenizer
 from ds_train.config import ConfigError, RunConfig
 from ds_train.grad_norms import PARTS, part_of
-from ds_train.model import VoiceCloningModel, WhisperTower, load_whisper_encoder
+from ds_train.lora import add_lora
+from ds_train.model import PROJECTOR_FILE, VoiceCloningModel, WhisperTower, load_whisper_encoder
 from ds_train.presets import llm_config, whisper_config
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,14 @@ def build_model(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, geometry: Au
             else WhisperEncoder(whisper_config(cfg.whisper.preset))
         )
         whisper = WhisperTower(encoder, llm.config.hidden_size)
+        projector_file = Path(cfg.whisper.path or "") / PROJECTOR_FILE
+        if cfg.whisper.path and projector_file.is_file():  # an exported tower carries its trained projector
+            whisper.projector.load_state_dict(load_file(str(projector_file)))
         if not cfg.whisper.trainable:
             encoder.requires_grad_(False)
+    if cfg.model.lora_rank > 0:
+        m = cfg.model
+        add_lora(llm, m.lora_rank, m.lora_alpha, m.lora_dropout, m.lora_targets)
     model = VoiceCloningModel(llm, whisper, special.audio_in)
     freeze_parts(model, cfg.model.freeze)
     if cfg.train.activation_checkpointing:

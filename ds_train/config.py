@@ -28,6 +28,10 @@ class ModelSection:
     # Comma-separated parts to freeze: llm (attention + text FFN + norms), audio_ffn, audio_embed_head,
     # text_embed_head, whisper_encoder, projector (same names as the per-part gradient norms).
     freeze: str = ""
+    lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of the LLM weights; merged on export
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention, text and audio FFN
 
 
 @dataclass

@@ -389,6 +389,10 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def has_checkpoint(cfg: RunConfig) -> bool:
+    return checkpointing.latest_tag(Path(cfg.train.output_dir).resolve() / CHECKPOINT_SUBDIR) is not None
+
+
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     """Run (or resume) the training the config describes; returns where logs and checkpoints are."""
     return Trainer(cfg, resume).setup().fit()

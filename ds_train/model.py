@@ -22,6 +22,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from data_pipeline.layout import IGNORE_INDEX
 
+PROJECTOR_FILE = "projector.safetensors"
+
 
 class WhisperTower(nn.Module):
     """features [N, 128, 3000] -> embeddings [N, 750, llm_hidden] (25 Hz)."""

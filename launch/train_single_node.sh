@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train on one machine with N processes (GPUs, or CPU ranks where there is no GPU) through the deepspeed launcher.
-# usage: bash launch/train_single_node.sh NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume]
+# usage: bash launch/train_single_node.sh NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 if [ $# -lt 2 ]; then
-  echo "usage: $0 NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume]" >&2
+  echo "usage: $0 NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]" >&2
   exit 2
 fi
 num_gpus=$1

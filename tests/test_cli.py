@@ -54,7 +54,7 @@ def _train_args(assets, out_dir: Path) -> list[str]:
 
 def test_train_and_resume_cli(assets, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "ds_train", *_train_args(assets, tmp_path), "train.save_every=2"]
-    _run([*base, "train.max_steps=2"])
+    _run([*base, "train.max_steps=2", "--auto-resume"])  # nothing to resume yet: starts fresh
     proc = _run([*base, "train.max_steps=4", "--resume"])
     assert "resumed from" in proc.stderr and "step 2 -> 4" in proc.stderr
     assert sorted(read_scalars(tmp_path / "tensorboard")["train/loss"]) == [1, 2, 3, 4]
@@ -82,3 +82,17 @@ def test_deepspeed_launcher_two_ranks(assets, tmp_path: Path) -> None:
         "zero_pp_rank_0_mp_rank_00_optim_states.pt",
         "zero_pp_rank_1_mp_rank_00_optim_states.pt",
     ]
+
+
+def test_multi_node_script_with_a_localhost_hostfile(assets, tmp_path: Path) -> None:
+    """launch/train_multi_node.sh with one host of 2 slots, started without ssh (as on each node by hand)."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), DS_LAUNCH_EXTRA="--no_ssh --node_rank 0")
+    args = _train_args(assets, tmp_path / "run")[3:]  # drop "train --config X": the script adds them
+    cmd = ["bash", str(REPO / "launch" / "train_multi_node.sh"), str(hostfile), str(CONFIGS / "demo.yaml"), *args,
+           "train.max_steps=2", "data.num_workers=0"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 rank(s)" in proc.stderr
+    assert sorted(read_scalars(tmp_path / "run" / "tensorboard")["train/loss"]) == [1, 2]

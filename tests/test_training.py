@@ -67,3 +67,11 @@ def test_resume_reproduces_uninterrupted_losses(assets, tmp_path: Path) -> None:
 def test_resume_without_checkpoint_is_a_clear_error(assets, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(make_config(assets, tmp_path, "train.max_steps=2"), resume=True).setup()
+
+
+@pytest.mark.parametrize("ds", ["zero1_bf16.json", "zero3_bf16.json", "zero3_offload_bf16.json"])
+def test_shipped_deepspeed_configs_train(assets, tmp_path: Path, ds: str) -> None:
+    trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=2", ds=ds)).setup()
+    values = [trainer.train_step().values for _ in range(2)]
+    assert all(math.isfinite(v["train/loss"]) and v["train/grad_norm"] > 0 for v in values)
+    assert trainer.engine.zero_optimization_stage() == int(ds[4])
