@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
-from data_pipeline.layout import IGNORE_INDEX, WHISPER_SAMPLE_RATE, AudioGeometry, VoiceCloningExample
+from data_pipeline.layout import IGNORE_INDEX, WHISPER_SAMPLE_RATE, AudioGeometry, BadSample, VoiceCloningExample
 
 WHISPER_MEL_BINS = 128
 
@@ -26,7 +26,8 @@ class VoiceCloningCollator:
       audio_input_ids [B, F, C], audio_input_ids_mask [B, F] (bool), audio_labels [B, F, C],
       whisper_input_features [N, 128, 3000], whisper_attention_mask [N, 3000],
       whisper_token_counts [N] (valid <|AUDIO|> positions each chunk fills), whisper_chunk_sample [N] (batch row),
-      sample_ids: list[str].
+      sample_ids: list[str], bad_samples: list[BadSample] (rows that failed to load, dropped here).
+    A batch with no loadable row is {"bad_samples": [...], "empty": True}.
     Chunks are ordered by batch row then position, the order of the <|AUDIO|> spans in the flattened input_ids.
     """
 
@@ -37,9 +38,13 @@ class VoiceCloningCollator:
     def __post_init__(self) -> None:
         self.feature_extractor = WhisperFeatureExtractor(feature_size=WHISPER_MEL_BINS) if self.whisper else None
 
-    def __call__(self, examples: list[VoiceCloningExample]) -> dict:
+    def __call__(self, examples: list[VoiceCloningExample | BadSample]) -> dict:
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
+        bad = [ex for ex in examples if isinstance(ex, BadSample)]
+        examples = [ex for ex in examples if not isinstance(ex, BadSample)]
+        if not examples:
+            return {"bad_samples": bad, "empty": True}
         batch_size = len(examples)
         max_len = max(ex.num_tokens for ex in examples)
         max_frames = max(ex.audio_frames.shape[0] for ex in examples)
@@ -70,6 +75,7 @@ class VoiceCloningCollator:
             "audio_input_ids_mask": audio_mask,
             "audio_labels": audio_labels,
             "sample_ids": [ex.sample_id for ex in examples],
+            "bad_samples": bad,
         }
         if self.whisper:
             batch.update(self._whisper_features(examples))

@@ -76,6 +76,11 @@ class EncodedVoiceCloningDataset(Dataset):
         if not self.examples:
             raise ValueError(f"no usable rows in {manifest}: {len(self.rejects)} rejected")
 
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of each example (for token-budget batching)."""
+        return [ex.num_tokens for ex in self.examples]
+
     def __len__(self) -> int:
         return len(self.examples)
 

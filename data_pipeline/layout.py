@@ -60,6 +60,14 @@ class LayoutOptions:
     label_stream_eos: bool = True  # the model must learn to stop; transformers' processor masks it
 
 
+@dataclass(frozen=True)
+class BadSample:
+    """A row that failed to load at training time: dropped by the collator, counted by the trainer."""
+
+    sample_id: str
+    reason: str
+
+
 @dataclass
 class VoiceCloningExample:
     """One tokenized sample.
@@ -126,6 +134,31 @@ class LayoutBuilder:
         for n in token_counts:
             out += [self.ids.audio_in_bos, *([self.ids.audio_in] * n), self.ids.audio_eos]
         return out
+
+    def token_count(
+        self, ref_text: str, text: str, ref_steps: int, target_steps: int, ref_samples16k: int, scene: str | None = None
+    ) -> int:
+        """len(build(...).input_ids) without building tensors: every piece is tokenized separately, so counts add up."""
+        delay = self.geometry.num_codebooks - 1
+        n_text = len(self._text(ref_text)) + len(self._text(text))
+        fixed = self._fixed_tokens()
+        if scene:
+            fixed += len(self._text("\n\n")) + 2 + len(self._text(f"\n{scene}\n"))
+        audio_out = (ref_steps + 2 + delay + 2) + (target_steps + 2 + delay + 2)
+        audio_in = 0
+        if self.options.whisper:
+            chunks = max(1, -(-ref_samples16k // WHISPER_CHUNK_SAMPLES))
+            full, rest = divmod(ref_samples16k, WHISPER_CHUNK_SAMPLES)
+            counts = [whisper_token_count(WHISPER_CHUNK_SAMPLES)] * full + ([whisper_token_count(rest)] if rest else [])
+            audio_in = sum(counts) + 2 * chunks
+        return fixed + n_text + audio_out + audio_in
+
+    def _fixed_tokens(self) -> int:
+        if not hasattr(self, "_fixed"):
+            headers = sum(len(self._header(role)) for role in ("system", "user", "assistant", "user", "assistant"))
+            # begin_of_text + system prompt + 5 x eot
+            self._fixed = 1 + headers + len(self._text(SYSTEM_PROMPT)) + 5
+        return self._fixed
 
     def build(
         self,

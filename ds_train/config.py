@@ -48,8 +48,11 @@ class DataSection:
     manifest: str | None = None  # JSONL: id, ref_audio, ref_text, audio, text[, speaker, scene]
     codec: str = "dac"
     codec_path: str | None = None  # local codec weights
-    micro_batch_size: int = 4
+    prepared: str | None = None  # a data_pipeline.prepare output folder (used instead of manifest when set)
+    micro_batch_size: int = 4  # examples per micro-batch when max_tokens is 0
+    max_tokens: int = 0  # > 0: token-budget micro-batches (padded tokens per micro-batch), length-bucketed
     num_workers: int = 1  # DataLoader worker processes (0 = load in the training process)
+    max_bad_fraction: float = 0.01  # stop when more than this fraction of rows failed to load (after 100 rows)
 
 
 @dataclass

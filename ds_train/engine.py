@@ -18,9 +18,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
+from data_pipeline.prepare import DATASET_FILE
+from data_pipeline.prepared_dataset import PreparedDataset
 from data_pipeline.sampler import ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
 from ds_train import checkpointing
@@ -71,21 +74,34 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def build_data(cfg: RunConfig, tokenizer, rank: int):
-    """-> (dataset, collator, codec). Every rank encodes the manifest (offline sharded prepare is the data issue)."""
+    """-> (dataset, collator, codec). A prepared dataset (data.prepared) is read from its shards; a bare manifest
+    (data.manifest) is encoded in memory at start-up by every rank, which suits small corpora and the demo."""
+    if cfg.data.prepared and not cfg.data.codec_path:
+        meta = json.loads((Path(cfg.data.prepared) / DATASET_FILE).read_text())
+        cfg.data.codec, cfg.data.codec_path = meta["codec"], meta["codec_path"]
     codec = build_codec(cfg)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
-    layout = LayoutBuilder(
-        tokenizer,
-        geometry,
-        LayoutOptions(whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head),
+    options = LayoutOptions(
+        whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head
     )
-    if not cfg.data.manifest:
-        raise ValueError("data.manifest is not set")
-    dataset = EncodedVoiceCloningDataset(cfg.data.manifest, codec, layout, show_progress=rank == 0)
+    layout = LayoutBuilder(tokenizer, geometry, options)
+    if cfg.data.prepared:
+        dataset = PreparedDataset(cfg.data.prepared, layout)
+    elif cfg.data.manifest:
+        dataset = EncodedVoiceCloningDataset(cfg.data.manifest, codec, layout, show_progress=rank == 0)
+    else:
+        raise ValueError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
     collator = VoiceCloningCollator(
         pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled
     )
     return dataset, collator, codec
+
+
+def build_sampler(cfg: RunConfig, dataset, rank: int, world_size: int):
+    """Token-budget batches when data.max_tokens > 0, else fixed micro_batch_size; both resumable by position."""
+    if cfg.data.max_tokens > 0:
+        return TokenBudgetBatchSampler(dataset.lengths, cfg.data.max_tokens, rank, world_size, cfg.train.seed)
+    return ResumableBatchSampler(len(dataset), cfg.data.micro_batch_size, rank, world_size, cfg.train.seed)
 
 
 @dataclass
@@ -108,6 +124,8 @@ class Trainer:
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
         self._monitor_state: dict | None = None  # monitor counters restored from a checkpoint
+        self.rows_seen = 0  # rows fetched by this rank, and how many of them failed to load
+        self.bad_samples = 0
 
     def setup(self) -> Trainer:
         cfg, t = self.cfg, self.cfg.train
@@ -141,9 +159,7 @@ class Trainer:
         if self.resume:
             self._load_latest()
         self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, t.min_lr)
-        self.sampler = ResumableBatchSampler(
-            len(self.dataset), cfg.data.micro_batch_size, self.rank, self.world_size, t.seed
-        )
+        self.sampler = build_sampler(cfg, self.dataset, self.rank, self.world_size)
         self.sampler.consumed = self.micro_batches
         workers = cfg.data.num_workers
         self.loader = DataLoader(
@@ -189,6 +205,20 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item() > 0)
 
+    def _count_bad_samples(self, bad: list, good: int) -> bool:
+        """Log and count rows that failed to load; stop past data.max_bad_fraction. True if the batch is empty."""
+        self.rows_seen += good + len(bad)
+        self.bad_samples += len(bad)
+        for sample in bad:
+            log.warning("skipped sample %s: %s", sample.sample_id, sample.reason)
+        fraction = self.bad_samples / max(1, self.rows_seen)
+        if bad and self.rows_seen >= 100 and fraction > self.cfg.data.max_bad_fraction:
+            raise RuntimeError(
+                f"{self.bad_samples} of {self.rows_seen} rows failed to load ({fraction:.1%} > "
+                f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}); last: {bad[-1].sample_id}: {bad[-1].reason}"
+            )
+        return good == 0
+
     def train_step(self) -> StepStats:
         engine, num_codebooks, mon = self.engine, self.geometry.num_codebooks, self.cfg.monitor
         next_step = engine.global_steps + 1
@@ -210,6 +240,8 @@ class Trainer:
             fetch = time.perf_counter()
             batch = next(self._batches)
             data_wait += time.perf_counter() - fetch
+            if self._count_bad_samples(batch.pop("bad_samples", []), len(batch.get("sample_ids", ()))):
+                continue  # the whole micro-batch failed to load
             batch = _to_device(batch, self.device)
             out = engine(**batch)
             self.monitor.observe_batch(batch, out)
@@ -271,6 +303,7 @@ class Trainer:
             "perf/peak_memory_gib": peak_memory_gib(),
             "monitor/skipped_micro_batches": float(self.monitor.skipped_micro_batches),
             "monitor/bad_rows_skipped": float(len(self.dataset.rejects)),
+            "monitor/bad_samples_skipped": float(self.bad_samples),
         }
         for k in range(num_codebooks):
             values[f"audio_codebook_top1/{k}"] = float(correct[k] / max(1.0, float(count[k])))

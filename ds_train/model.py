@@ -129,6 +129,28 @@ class VoiceCloningModel(nn.Module):
             )
         return positions, flat
 
+    def audio_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_input_ids: torch.Tensor,
+        audio_input_ids_mask: torch.Tensor,
+        audio_labels: torch.Tensor | None = None,
+        whisper_input_features: torch.Tensor | None = None,
+        whisper_token_counts: torch.Tensor | None = None,
+        **_: object,
+    ):
+        """transformers' own forward (its logits [B, L, C*K] and, with audio_labels, its loss) on the same inputs,
+        Whisper embeddings included. For checks and export comparisons; training uses `forward`."""
+        self._pending_audio_in = self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts)
+        try:
+            return self.llm(
+                input_ids=input_ids, attention_mask=attention_mask, audio_input_ids=audio_input_ids,
+                audio_input_ids_mask=audio_input_ids_mask, audio_labels=audio_labels, use_cache=False,
+            )  # fmt: skip
+        finally:
+            self._pending_audio_in = None
+
     def forward(
         self,
         input_ids: torch.Tensor,

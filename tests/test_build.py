@@ -85,3 +85,15 @@ def test_3b_preset_has_the_published_geometry_on_meta() -> None:
     assert 2.0e9 < parts["audio_adapter"] < 2.3e9
     assert 3.1e9 < parts["llm_shared"] + parts["text_io"] < 3.3e9
     assert 0.6e9 < parts["whisper"] < 0.7e9
+
+
+def test_freeze_options_select_parts() -> None:
+    cfg = RunConfig()
+    cfg.model.freeze = "llm, whisper_encoder,projector"
+    model = build_model(cfg, build_tiny_tokenizer(), GEO)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "llm.model.layers.0.self_attn.q_proj.weight" in frozen and "whisper.projector.weight" in frozen
+    assert "llm.model.layers.0.audio_mlp.up_proj.weight" not in frozen and "llm.audio_lm_head.weight" not in frozen
+    cfg.model.freeze = "decoder"
+    with pytest.raises(ConfigError, match="unknown parts"):
+        build_model(cfg, build_tiny_tokenizer(), GEO)

@@ -26,12 +26,13 @@ def _ds_file(tmp_path: Path, stage: int) -> Path:
     return path
 
 
-def _reference_outputs(trainer: Trainer) -> tuple[dict, object]:
+def _reference_outputs(trainer: Trainer) -> tuple[dict, object, torch.Tensor]:
     batch = next(iter(trainer.loader))
     trainer.engine.eval()
     with torch.no_grad():
         out = trainer.engine(**batch)
-    return batch, out
+        logits = trainer.engine.module.audio_logits(**batch).logits
+    return batch, out, logits
 
 
 def _reloaded(out_dir: Path, geometry):
@@ -42,9 +43,11 @@ def _reloaded(out_dir: Path, geometry):
     return model
 
 
-def _assert_same(model, batch, ref) -> None:
+def _assert_same(model, batch, ref, ref_logits) -> None:
     with torch.no_grad():
         got = model(**batch)
+        logits = model.audio_logits(**batch).logits
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.codebook_losses, ref.codebook_losses, rtol=1e-5, atol=1e-5)
     assert torch.equal(got.predicted_codes, ref.predicted_codes)
 
@@ -57,7 +60,7 @@ def test_export_reproduces_the_trained_model(assets, tmp_path: Path, stage: int)
         )
     ).setup()
     trainer.fit()
-    batch, ref = _reference_outputs(trainer)
+    batch, ref, ref_logits = _reference_outputs(trainer)
     out = export(tmp_path / "run", tmp_path / "export")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert (out / WHISPER_SUBDIR / "config.json").is_file() and (
@@ -65,7 +68,7 @@ def test_export_reproduces_the_trained_model(assets, tmp_path: Path, stage: int)
     ).is_file()
     plain = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(out), local_files_only=True)
     assert plain.config.num_codebooks == trainer.geometry.num_codebooks
-    _assert_same(_reloaded(out, trainer.geometry), batch, ref)
+    _assert_same(_reloaded(out, trainer.geometry), batch, ref, ref_logits)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -76,12 +79,12 @@ def test_lora_trains_and_exports_merged(assets, tmp_path: Path, stage: int) -> N
     trainable = [n for n, p in trainer.engine.module.named_parameters() if p.requires_grad and n.startswith("llm.")]
     assert trainable and all("lora_" in n for n in trainable)
     trainer.fit()
-    batch, ref = _reference_outputs(trainer)
+    batch, ref, ref_logits = _reference_outputs(trainer)
     out = export(tmp_path / "run", tmp_path / "export")
     assert json.loads((out / "ds_train_export.json").read_text())["lora_layers_merged"] == 20
     reloaded = _reloaded(out, trainer.geometry)
     assert not any("lora" in n for n, _ in reloaded.named_parameters())
-    _assert_same(reloaded, batch, ref)
+    _assert_same(reloaded, batch, ref, ref_logits)
 
 
 def test_export_cli(assets, tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""Training-time reader of a prepared dataset (`data_pipeline.prepare` output).
+
+Lengths come from the index, so token-budget batching needs no shard reads. Examples are built on demand in DataLoader
+workers from memory-mapped shards. A row that fails to load becomes a `BadSample` (id + reason) instead of raising:
+the collator drops it and the trainer counts it, stopping only past `data.max_bad_fraction`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from torch.utils.data import Dataset
+
+from data_pipeline.layout import BadSample, LayoutBuilder, VoiceCloningExample
+from data_pipeline.manifest import Reject
+from data_pipeline.prepare import DATASET_FILE, INDEX_FILE, REJECTS_FILE
+from data_pipeline.shards import row_from_table, shard_name
+
+
+class PreparedDataset(Dataset):
+    def __init__(self, root: str | Path, layout: LayoutBuilder) -> None:
+        self.root = Path(root)
+        for name in (DATASET_FILE, INDEX_FILE):
+            if not (self.root / name).is_file():
+                raise FileNotFoundError(f"{self.root} is not a prepared dataset (no {name}); run data_pipeline.prepare")
+        self.meta = json.loads((self.root / DATASET_FILE).read_text())
+        geo = layout.geometry
+        if (self.meta["num_codebooks"], self.meta["codebook_size"]) != (geo.num_codebooks, geo.codec_codebook_size):
+            raise ValueError(
+                f"{self.root} holds {self.meta['num_codebooks']} x {self.meta['codebook_size']} codes but the run's "
+                f"codec gives {geo.num_codebooks} x {geo.codec_codebook_size}"
+            )
+        self.layout = layout
+        index = pq.read_table(self.root / INDEX_FILE).to_pydict()
+        self.index = index
+        self.lengths = [
+            layout.token_count(rt, t, rf, tf, rs, sc)
+            for rt, t, rf, tf, rs, sc in zip(
+                index["ref_text"], index["text"], index["ref_frames"], index["target_frames"],
+                index["ref_samples16k"], index["scene"], strict=True,
+            )
+        ]  # fmt: skip
+        rejects_path = self.root / REJECTS_FILE
+        self.rejects = [
+            Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
+        ] if rejects_path.is_file() else []  # fmt: skip
+        self._tables: dict[int, pa.Table] = {}
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _table(self, shard: int) -> pa.Table:
+        if shard not in self._tables:
+            if len(self._tables) >= 2:  # bounded: batches are mostly shard-local only by chance
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[shard] = pq.read_table(self.root / shard_name(shard), memory_map=True)
+        return self._tables[shard]
+
+    def __getitem__(self, i: int) -> VoiceCloningExample | BadSample:
+        sample_id = self.index["id"][i]
+        try:
+            row = row_from_table(self._table(self.index["shard"][i]), self.index["row"][i])
+            return self.layout.build(
+                row.id, row.ref_text, row.ref_codes, row.text, row.target_codes, ref_wave_16k=row.ref_pcm16k,
+                scene=row.scene,
+            )  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - one bad row must never kill a run; it is counted instead
+            return BadSample(sample_id, f"{type(err).__name__}: {err}")

@@ -1,0 +1,101 @@
+"""Prepared-dataset storage: Parquet shards of encoded rows plus one index.
+
+A shard (`shard-00000.parquet`) holds, per row: id, speaker, scene, ref_text, text, the reference and target codec
+codes (int16 bytes, [C, T] row-major, with their frame counts), the 16 kHz int16 reference PCM for Whisper, and
+durations. `index.parquet` has one row per example: shard, row within shard, id, frame counts, sample counts and
+durations (what batching needs without opening the shards). Files are written to a temporary name and renamed, so a
+shard either exists complete or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+SHARD_SCHEMA = pa.schema([
+    ("id", pa.string()), ("line", pa.int64()), ("speaker", pa.string()), ("scene", pa.string()),
+    ("ref_text", pa.string()), ("text", pa.string()),
+    ("num_codebooks", pa.int32()), ("ref_frames", pa.int32()), ("target_frames", pa.int32()),
+    ("ref_codes", pa.binary()), ("target_codes", pa.binary()),
+    ("ref_pcm16k", pa.binary()), ("ref_samples16k", pa.int64()),
+    ("ref_seconds", pa.float32()), ("target_seconds", pa.float32()),
+])  # fmt: skip
+# What batching needs without opening the shards (texts included: token counts depend on the tokenizer).
+INDEX_COLUMNS = [
+    "id", "line", "ref_text", "text", "scene", "ref_frames", "target_frames", "ref_samples16k", "ref_seconds",
+    "target_seconds",
+]  # fmt: skip
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+@dataclass
+class EncodedRow:
+    """One prepared example. codes: [C, T] int64; ref_pcm16k: [S] float32 in [-1, 1]."""
+
+    id: str
+    line: int
+    ref_text: str
+    text: str
+    ref_codes: torch.Tensor
+    target_codes: torch.Tensor
+    ref_pcm16k: torch.Tensor
+    ref_seconds: float
+    target_seconds: float
+    speaker: str | None = None
+    scene: str | None = None
+
+
+def _pcm16(wave: torch.Tensor) -> bytes:
+    return (wave.clamp(-1, 1) * 32767.0).round().to(torch.int16).numpy().tobytes()
+
+
+def write_shard(path: Path, rows: list[EncodedRow]) -> None:
+    """Write rows atomically (temp file + rename)."""
+    cols: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
+    for r in rows:
+        values = {
+            "id": r.id, "line": r.line, "speaker": r.speaker, "scene": r.scene, "ref_text": r.ref_text,
+            "text": r.text, "num_codebooks": r.target_codes.shape[0], "ref_frames": r.ref_codes.shape[1],
+            "target_frames": r.target_codes.shape[1],
+            "ref_codes": r.ref_codes.to(torch.int16).numpy().tobytes(),
+            "target_codes": r.target_codes.to(torch.int16).numpy().tobytes(),
+            "ref_pcm16k": _pcm16(r.ref_pcm16k), "ref_samples16k": r.ref_pcm16k.numel(),
+            "ref_seconds": r.ref_seconds, "target_seconds": r.target_seconds,
+        }  # fmt: skip
+        for name, value in values.items():
+            cols[name].append(value)
+    table = pa.table(cols, schema=SHARD_SCHEMA)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def row_from_table(table: pa.Table, i: int) -> EncodedRow:
+    get = {name: table.column(name)[i].as_py() for name in table.column_names}
+    c = get["num_codebooks"]
+
+    def codes(blob: bytes, frames: int) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(blob, dtype=np.int16).astype(np.int64).reshape(c, frames))
+
+    pcm = torch.from_numpy(np.frombuffer(get["ref_pcm16k"], dtype=np.int16).astype(np.float32) / 32767.0)
+    return EncodedRow(
+        id=get["id"], line=get["line"], ref_text=get["ref_text"], text=get["text"],
+        ref_codes=codes(get["ref_codes"], get["ref_frames"]),
+        target_codes=codes(get["target_codes"], get["target_frames"]),
+        ref_pcm16k=pcm, ref_seconds=get["ref_seconds"], target_seconds=get["target_seconds"],
+        speaker=get["speaker"], scene=get["scene"],
+    )  # fmt: skip
+
+
+def shard_index(path: Path) -> pa.Table:
+    """The index columns of one shard (without the heavy binary columns)."""
+    return pq.read_table(path, columns=INDEX_COLUMNS)

@@ -1,0 +1,191 @@
+"""Offline preparation (shards, index, rejects, resume, data-parallel), the prepared dataset, token-budget batching,
+and training from prepared shards with bad rows skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from data_pipeline.batching import TokenBudgetBatchSampler
+from data_pipeline.layout import AudioGeometry, BadSample, LayoutBuilder
+from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
+from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.shards import shard_name
+from data_pipeline.text_tokens import build_tiny_tokenizer
+from ds_train.engine import Trainer
+from tests.helpers import make_config
+from tests.test_cli import _env, _free_port
+
+SR = 22050
+
+
+def _bad_inputs(tmp_path: Path, good: dict) -> list[str]:
+    """One manifest line per bad-input case, each with its own audio file written here."""
+    rng = np.random.default_rng(0)
+    speech = lambda s: (0.1 * rng.standard_normal(int(SR * s))).astype(np.float32)  # noqa: E731
+    sf.write(str(tmp_path / "silent.wav"), np.zeros(SR * 2, np.float32), SR)
+    sf.write(str(tmp_path / "nan.wav"), np.where(np.arange(SR * 2) == 7, np.nan, speech(2)).astype(np.float32), SR,
+             subtype="FLOAT")  # fmt: skip
+    sf.write(str(tmp_path / "six.wav"), np.stack([speech(2)] * 6, axis=1), SR)
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), SR)
+    sf.write(str(tmp_path / "short.wav"), speech(0.1), SR)
+    sf.write(str(tmp_path / "long.wav"), speech(40), SR)
+    sf.write(str(tmp_path / "rate.wav"), speech(2)[:4], 1)  # a 1 Hz file
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    row = lambda **kw: json.dumps({**good, **kw})  # noqa: E731
+    return [
+        row(id="missing", audio="nope.wav"), row(id="corrupt", audio="corrupt.wav"),
+        row(id="zero_len", audio="empty.wav"), row(id="silent", audio="silent.wav"), row(id="nan", audio="nan.wav"),
+        row(id="channels", audio="six.wav"), "{this is not json", json.dumps({"id": "fields", "text": "x"}),
+        row(id="blank_text", text="   "), row(id="long_text", text="word " * 400), row(id="too_long", audio="long.wav"),
+        row(id="too_short", audio="short.wav"), row(id="bad_rate", audio="rate.wav"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def manifest_with_bad_rows(assets, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prep_manifest")
+    base = assets.manifest.parent
+    good = [json.loads(line) for line in assets.manifest.read_text().splitlines()]
+    for row in good:
+        row["ref_audio"], row["audio"] = str(base / row["ref_audio"]), str(base / row["audio"])
+    lines = [json.dumps(r) for r in good] + _bad_inputs(root, good[0])
+    path = root / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _prepare(manifest: Path, assets, out: Path, rows_per_shard: int = 10) -> dict:
+    return prepare(PrepareConfig(str(manifest), "dac", str(assets.codec_file), str(out), rows_per_shard),
+                   show_progress=False)  # fmt: skip
+
+
+def test_every_row_is_in_a_shard_or_rejected_with_its_reason(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
+    summary = _prepare(manifest_with_bad_rows, assets, tmp_path / "prep")
+    assert summary["manifest_rows"] == 24 + 13 and summary["examples"] == 24 and summary["rejected"] == 13
+    rejects = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "prep" / REJECTS_FILE).open()}
+    expect = {
+        "missing": "file not found", "corrupt": "cannot read audio header", "zero_len": "zero-length",
+        "silent": "all-silent", "nan": "NaN", "channels": "channel layout", "blank_text": "empty",
+        "long_text": "over the limit", "too_long": "longer than", "too_short": "shorter than",
+        "bad_rate": "sample rate",
+        "fields": "missing or empty fields",
+    }  # fmt: skip
+    for sample_id, reason in expect.items():
+        assert reason in rejects[sample_id]["reason"], (sample_id, rejects[sample_id])
+    assert any("invalid JSON" in r["reason"] for r in rejects.values() if r["id"] is None)
+    assert all(r["line"] > 24 for r in rejects.values())
+    index = pq.read_table(tmp_path / "prep" / INDEX_FILE)
+    assert index.num_rows == 24 and summary["shards"] == 4  # 35 parseable rows in shards of 10
+    assert sorted(set(index.column("shard").to_pylist())) == [0, 1, 2]  # shard 3 holds only rejected rows
+
+
+def test_rerun_resumes_and_reproduces_the_dataset(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
+    out = tmp_path / "prep"
+    _prepare(manifest_with_bad_rows, assets, out)
+    before = {k: pq.read_table(out / shard_name(k)) for k in range(4)}
+    mtimes = {k: os.stat(out / shard_name(k)).st_mtime_ns for k in range(4)}
+    (out / shard_name(2)).unlink()  # as if the run died while writing shard 2
+    _prepare(manifest_with_bad_rows, assets, out)
+    assert all(os.stat(out / shard_name(k)).st_mtime_ns == mtimes[k] for k in (0, 1, 3))  # skipped
+    for k in range(4):
+        assert pq.read_table(out / shard_name(k)).equals(before[k])
+    with pytest.raises(ValueError, match="different settings"):
+        _prepare(manifest_with_bad_rows, assets, out, rows_per_shard=7)
+
+
+def test_two_ranks_with_torchrun_make_the_same_dataset(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
+    _prepare(manifest_with_bad_rows, assets, tmp_path / "one")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "data_pipeline.prepare",
+           "--manifest", str(manifest_with_bad_rows), "--codec", "dac", "--codec-path", str(assets.codec_file),
+           "--out", str(tmp_path / "two"), "--rows-per-shard", "10"]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "prepared 24 examples" in proc.stdout and "13 rows rejected" in proc.stdout
+    one, two = pq.read_table(tmp_path / "one" / INDEX_FILE), pq.read_table(tmp_path / "two" / INDEX_FILE)
+    assert one.equals(two)
+    for k in range(4):
+        assert pq.read_table(tmp_path / "one" / shard_name(k)).equals(pq.read_table(tmp_path / "two" / shard_name(k)))
+
+
+def test_prepared_dataset_lengths_and_examples(manifest_with_bad_rows, assets, codec, tmp_path: Path) -> None:
+    _prepare(manifest_with_bad_rows, assets, tmp_path / "prep")
+    layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(codec.num_codebooks, codec.codebook_size))
+    ds = PreparedDataset(tmp_path / "prep", layout)
+    assert len(ds) == 24 and len(ds.rejects) == 13
+    for i in range(len(ds)):
+        ex = ds[i]
+        assert ex.num_tokens == ds.lengths[i] and ex.sample_id == ds.index["id"][i]
+        assert ex.whisper_chunks[0].abs().max() > 0
+    ds.index["row"][3] = 10**6  # a row the shard does not have
+    assert isinstance(ds[3], BadSample) and "IndexError" in ds[3].reason
+
+
+def _realistic_lengths(n: int, seed: int = 0) -> list[int]:
+    """Token counts of voice-cloning samples: reference 3-15 s, target 1-20 s at 25 frames/s, plus text."""
+    rng = np.random.default_rng(seed)
+    ref, tgt = rng.uniform(3, 15, n), rng.uniform(1, 20, n)
+    return [int(60 + 25 * r + 25 * t + 15 * t + 25 * r) for r, t in zip(ref, tgt, strict=True)]
+
+
+def test_token_budget_batches_are_packed_disjoint_deterministic_and_resumable() -> None:
+    lengths = _realistic_lengths(2000)
+    ranks = [TokenBudgetBatchSampler(lengths, 8192, rank=r, world_size=2, seed=3) for r in range(2)]
+    per_epoch = ranks[0].batches_per_epoch
+    assert per_epoch == ranks[1].batches_per_epoch > 0
+    seen = [i for r in ranks for k in range(per_epoch) for i in r.batch_at(k)]
+    assert len(seen) == len(set(seen))  # disjoint across ranks and batches within an epoch
+    for k in range(per_epoch):
+        batch = ranks[0].batch_at(k)
+        assert max(lengths[i] for i in batch) * len(batch) <= 8192
+    assert ranks[0].padding_efficiency() >= 0.95
+    again = TokenBudgetBatchSampler(lengths, 8192, rank=0, world_size=2, seed=3)
+    assert [again.batch_at(k) for k in range(5)] == [ranks[0].batch_at(k) for k in range(5)]
+    it = iter(ranks[0])
+    first = [next(it) for _ in range(per_epoch + 3)]  # crosses into epoch 1
+    resumed = TokenBudgetBatchSampler(lengths, 8192, rank=0, world_size=2, seed=3)
+    resumed.load_state_dict({"consumed": per_epoch - 2, "seed": 3})
+    it2 = iter(resumed)
+    assert [next(it2) for _ in range(5)] == first[per_epoch - 2 :]
+    with pytest.raises(ValueError, match="longer than data.max_tokens"):
+        TokenBudgetBatchSampler([10, 20000], 8192)
+
+
+def _prepared_trainer(manifest: Path, assets, tmp_path: Path, *overrides: str) -> Trainer:
+    _prepare(manifest, assets, tmp_path / "prep")
+    cfg = make_config(assets, tmp_path / "run", f"data.prepared={tmp_path / 'prep'}", "data.max_tokens=2400",
+                      "data.num_workers=0", *overrides)  # fmt: skip
+    cfg.data.manifest = None
+    trainer = Trainer(cfg).setup()
+    for i, shard in enumerate(trainer.dataset.index["shard"]):
+        if shard == 0:
+            trainer.dataset.index["row"][i] = 10**6  # 10 of the 24 rows now fail to load
+    return trainer
+
+
+def test_training_from_prepared_shards_skips_and_counts_bad_rows(manifest_with_bad_rows, assets, tmp_path) -> None:
+    trainer = _prepared_trainer(
+        manifest_with_bad_rows, assets, tmp_path, "train.max_steps=3", "data.max_bad_fraction=0.9"
+    )
+    assert isinstance(trainer.sampler, TokenBudgetBatchSampler)
+    stats = [trainer.train_step().values for _ in range(3)]
+    assert all(np.isfinite(v["train/loss"]) for v in stats)
+    assert stats[-1]["monitor/bad_rows_skipped"] == 13.0  # rejected at prepare time
+    assert stats[-1]["monitor/bad_samples_skipped"] == trainer.bad_samples >= 1  # failed at training time
+
+
+def test_too_many_bad_rows_stop_the_run(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
+    trainer = _prepared_trainer(
+        manifest_with_bad_rows, assets, tmp_path, "train.max_steps=100", "data.max_bad_fraction=0.2"
+    )
+    with pytest.raises(RuntimeError, match=r"rows failed to load .* > data.max_bad_fraction=0.2"):
+        trainer.fit()
