@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from data_pipeline.delay_pattern import add_stream_markers_and_delay
-from data_pipeline.text_tokens import SpecialTokenIds
+from data_pipeline.text_tokens import AUDIO_EOS, AUDIO_OUT, AUDIO_OUT_BOS, SpecialTokenIds
 
 IGNORE_INDEX = -100
 SYSTEM_PROMPT = "Generate audio following instruction."
@@ -95,6 +95,11 @@ def whisper_token_count(num_samples: int) -> int:
     return max(1, math.ceil(num_samples / WHISPER_SAMPLES_PER_TOKEN))
 
 
+def _chunk_lengths(num_samples: int) -> list[int]:
+    full, rest = divmod(num_samples, WHISPER_CHUNK_SAMPLES)
+    return [WHISPER_CHUNK_SAMPLES] * full + ([rest] if rest else [])
+
+
 def split_whisper_chunks(wave_16k: torch.Tensor) -> list[torch.Tensor]:
     """[S] -> chunks of at most 30 s."""
     return [wave_16k[i : i + WHISPER_CHUNK_SAMPLES] for i in range(0, wave_16k.numel(), WHISPER_CHUNK_SAMPLES)]
@@ -118,7 +123,7 @@ class LayoutBuilder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _header(self, role: str) -> list[int]:
-        return [self.ids.start_header, *self._text(role), self.ids.end_header, *self._text("\n\n")]
+        return [self.ids.start_header, *self._text(role), self.ids.end_header]
 
     def _audio_out_span(self, num_frames: int) -> list[int]:
         delay_positions = self.geometry.num_codebooks - 1
@@ -135,30 +140,70 @@ class LayoutBuilder:
             out += [self.ids.audio_in_bos, *([self.ids.audio_in] * n), self.ids.audio_eos]
         return out
 
+    def _segments(
+        self,
+        ref_text: str,
+        text: str,
+        ref_frames: int,
+        target_frames: int,
+        whisper_tokens: list[int],
+        scene: str | None,
+    ) -> list[tuple[str, object]]:
+        """The sample as ("text", str) pieces tokenized as a whole, as the chat template's rendered string would be
+        between special tokens; ("ids", [...]) special tokens; ("audio", frames) an audio-out span; ("label", bool)
+        switches text labelling on/off."""
+        ids, opts = self.ids, self.options
+        if opts.whisper_turn not in ("user", "system"):
+            raise ValueError(f"whisper_turn must be 'user' or 'system', got {opts.whisper_turn!r}")
+        audio_in = self._audio_in_spans(whisper_tokens) if opts.whisper else []
+        system = "\n\n" + SYSTEM_PROMPT + ("\n\n" if scene else "")
+        segments: list[tuple[str, object]] = [("ids", [ids.begin_of_text, *self._header("system")]), ("text", system)]
+        if scene:
+            segments += [("ids", [ids.scene_start]), ("text", f"\n{scene}\n"), ("ids", [ids.scene_end])]
+        if opts.whisper_turn == "system":
+            segments.append(("ids", audio_in))
+        segments += [("ids", [ids.eot, *self._header("user")]), ("text", "\n\n" + ref_text)]
+        if opts.whisper_turn == "user":
+            segments.append(("ids", audio_in))
+        segments += [
+            ("ids", [ids.eot, *self._header("assistant")]), ("text", "\n\n"), ("audio", ref_frames),
+            ("ids", [ids.eot, *self._header("user")]),
+            ("label", True), ("text", "\n\n" + text), ("ids", [ids.eot]), ("label", False),
+            ("ids", self._header("assistant")), ("text", "\n\n"), ("audio", target_frames), ("ids", [ids.eot]),
+        ]  # fmt: skip
+        return segments
+
+    def render_text(self, ref_text: str, text: str, scene: str | None = None) -> str:
+        """The same sample as one chat string with a single <|AUDIO_OUT|> per audio (whisper off), the form
+        transformers' HiggsAudioV2Processor expands: used to check that both agree token for token."""
+        out = []
+        for kind, value in self._segments(ref_text, text, 1, 1, [], scene):
+            if kind == "text":
+                out.append(value)
+            elif kind == "ids":
+                out.append(self.tokenizer.decode(value))
+            elif kind == "audio":
+                out.append(AUDIO_OUT_BOS + AUDIO_OUT + AUDIO_EOS)
+        return "".join(out)
+
     def token_count(
         self, ref_text: str, text: str, ref_steps: int, target_steps: int, ref_samples16k: int, scene: str | None = None
     ) -> int:
-        """len(build(...).input_ids) without building tensors: every piece is tokenized separately, so counts add up."""
+        """len(build(...).input_ids) without building tensors."""
         delay = self.geometry.num_codebooks - 1
-        n_text = len(self._text(ref_text)) + len(self._text(text))
-        fixed = self._fixed_tokens()
-        if scene:
-            fixed += len(self._text("\n\n")) + 2 + len(self._text(f"\n{scene}\n"))
-        audio_out = (ref_steps + 2 + delay + 2) + (target_steps + 2 + delay + 2)
-        audio_in = 0
-        if self.options.whisper:
-            chunks = max(1, -(-ref_samples16k // WHISPER_CHUNK_SAMPLES))
-            full, rest = divmod(ref_samples16k, WHISPER_CHUNK_SAMPLES)
-            counts = [whisper_token_count(WHISPER_CHUNK_SAMPLES)] * full + ([whisper_token_count(rest)] if rest else [])
-            audio_in = sum(counts) + 2 * chunks
-        return fixed + n_text + audio_out + audio_in
-
-    def _fixed_tokens(self) -> int:
-        if not hasattr(self, "_fixed"):
-            headers = sum(len(self._header(role)) for role in ("system", "user", "assistant", "user", "assistant"))
-            # begin_of_text + system prompt + 5 x eot
-            self._fixed = 1 + headers + len(self._text(SYSTEM_PROMPT)) + 5
-        return self._fixed
+        whisper_tokens = (
+            [whisper_token_count(n) for n in _chunk_lengths(ref_samples16k)] if self.options.whisper else []
+        )
+        total = 0
+        for kind, value in self._segments(ref_text, text, ref_steps + 2 + delay, target_steps + 2 + delay,
+                                          whisper_tokens, scene):  # fmt: skip
+            if kind == "text":
+                total += len(self._text(value))
+            elif kind == "ids":
+                total += len(value)
+            elif kind == "audio":
+                total += value + 2
+        return total
 
     def build(
         self,
@@ -171,7 +216,7 @@ class LayoutBuilder:
         scene: str | None = None,
     ) -> VoiceCloningExample:
         """ref_codes / target_codes: [C, T] codec codes; ref_wave_16k: [S] float waveform for the Whisper tower."""
-        geo, opts, ids = self.geometry, self.options, self.ids
+        geo, opts = self.geometry, self.options
         for name, codes in (("reference", ref_codes), ("target", target_codes)):
             if codes.dim() != 2 or codes.shape[0] != geo.num_codebooks:
                 raise ValueError(
@@ -193,35 +238,23 @@ class LayoutBuilder:
                 raise ValueError(f"{sample_id}: Whisper conditioning is on but the reference waveform is empty")
             chunks = split_whisper_chunks(ref_wave_16k.float())
         whisper_tokens = [whisper_token_count(c.numel()) for c in chunks]
-        audio_in = self._audio_in_spans(whisper_tokens)
 
-        system = SYSTEM_PROMPT
-        system_ids = self._text(system)
-        if scene:
-            system_ids += self._text("\n\n") + [ids.scene_start, *self._text(f"\n{scene}\n"), ids.scene_end]
-        if opts.whisper and opts.whisper_turn == "system":
-            system_ids += audio_in
-        ref_user_ids = self._text(ref_text)
-        if opts.whisper and opts.whisper_turn == "user":
-            ref_user_ids += audio_in
-        if opts.whisper_turn not in ("user", "system"):
-            raise ValueError(f"whisper_turn must be 'user' or 'system', got {opts.whisper_turn!r}")
-
-        prompt = [ids.begin_of_text, *self._header("system"), *system_ids, ids.eot]
-        prompt += [*self._header("user"), *ref_user_ids, ids.eot]
-        prompt += [*self._header("assistant"), *self._audio_out_span(ref_frames.shape[0]), ids.eot]
-        target_text_ids = self._text(text)
-        prompt += [*self._header("user")]
-        text_start = len(prompt)
-        prompt += [*target_text_ids, ids.eot]
-        text_end = len(prompt)  # the <|eot_id|> closing the target text is labelled with it
-        prompt += self._header("assistant")
-        target_span = self._audio_out_span(tgt_frames.shape[0])
-        input_ids = torch.tensor(prompt + target_span + [ids.eot], dtype=torch.long)
-
+        tokens: list[int] = []
+        label_on = False
+        marks: list[bool] = []
+        for kind, value in self._segments(ref_text, text, ref_frames.shape[0], tgt_frames.shape[0], whisper_tokens,
+                                          scene):  # fmt: skip
+            if kind == "label":
+                label_on = bool(value)
+                continue
+            piece = self._text(value) if kind == "text" else value if kind == "ids" else self._audio_out_span(value)
+            tokens += piece
+            marks += [label_on] * len(piece)
+        input_ids = torch.tensor(tokens, dtype=torch.long)
+        labelled = torch.tensor(marks, dtype=torch.bool)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        if opts.text_labels:
-            labels[text_start:text_end] = input_ids[text_start:text_end]
+        if opts.text_labels:  # the target text turn, its <|eot_id|> included
+            labels[labelled] = input_ids[labelled]
 
         audio_frames = torch.cat([ref_frames, tgt_frames], dim=0)
         tgt_labels = tgt_frames.clone()

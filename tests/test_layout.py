@@ -94,7 +94,7 @@ def test_text_labels_when_text_head_on() -> None:
     builder = _builder(text_labels=True)
     ex = builder.build("s", "r", _codes(3), "hello there", _codes(3), ref_wave_16k=torch.randn(8000))
     labelled = ex.input_ids[ex.labels != IGNORE_INDEX]
-    assert builder.tokenizer.decode(labelled[:-1]) == "hello there" and labelled[-1] == builder.ids.eot
+    assert builder.tokenizer.decode(labelled[:-1]).strip() == "hello there" and labelled[-1] == builder.ids.eot
 
 
 @pytest.mark.parametrize(
@@ -113,3 +113,41 @@ def test_bad_codes_are_rejected_with_reason(codes: torch.Tensor, reason: str) ->
 def test_whisper_on_without_reference_waveform_raises() -> None:
     with pytest.raises(ValueError, match="reference waveform is empty"):
         _builder().build("noref", "r", _codes(3), "t", _codes(3), ref_wave_16k=torch.zeros(0))
+
+
+def test_layout_matches_transformers_higgs_audio_processor() -> None:
+    """Our token ids, audio ids and masks against HiggsAudioV2Processor on the same conversation (whisper off; the
+    processor has no Whisper input), built offline from tiny parts: our tokenizer, a random-init Higgs codec."""
+    from transformers import DacFeatureExtractor
+
+    from data_pipeline.codecs import HiggsCodec, tiny_higgs
+
+    codec_model = tiny_higgs(seed=0)
+    codec = HiggsCodec(codec_model)
+    tok = build_tiny_tokenizer()
+    processor = HiggsAudioV2Processor(
+        DacFeatureExtractor(sampling_rate=24000, hop_length=960), tok, codec_model,
+        audio_stream_bos_id=codec.codebook_size, audio_stream_eos_id=codec.codebook_size + 1,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    ref, tgt = (0.1 * torch.randn(960 * n, generator=gen) for n in (40, 55))  # whole frames: no padding differences
+    geo = AudioGeometry(codec.num_codebooks, codec.codebook_size)
+    builder = LayoutBuilder(tok, geo, LayoutOptions(whisper=False))
+    ref_codes, tgt_codes = codec.encode([ref, tgt], 24000)
+    ours = builder.build("s", "the reference words", ref_codes, "and the target words", tgt_codes, scene="a quiet room")
+    theirs = processor(
+        text=builder.render_text("the reference words", "and the target words", scene="a quiet room"),
+        audio=[ref.numpy(), tgt.numpy()], output_labels=True, return_tensors="pt", sampling_rate=24000,
+    )  # fmt: skip
+    assert torch.equal(theirs["input_ids"][0], ours.input_ids)
+    assert torch.equal(theirs["audio_input_ids"][0], ours.audio_frames)
+    assert (
+        theirs["audio_input_ids_mask"].all() and theirs["audio_input_ids_mask"].shape[1] == ours.audio_frames.shape[0]
+    )
+    # Labels: the processor labels every audio span and masks both stream markers; we label only the target and keep
+    # the stream EOS (the model must learn to stop). On the target span and away from EOS they agree.
+    n_ref = ref_codes.shape[1] + 2 + geo.num_codebooks - 1
+    their_tgt, our_tgt = theirs["audio_labels"][0][n_ref:], ours.audio_labels[n_ref:]
+    not_eos = our_tgt != geo.stream_eos
+    assert torch.equal(their_tgt[not_eos], our_tgt[not_eos])
+    assert (their_tgt[~not_eos] == IGNORE_INDEX).all() and (ours.audio_labels[:n_ref] == IGNORE_INDEX).all()
