@@ -1,0 +1,63 @@
+"""Data loading: the collator's throughput on one core, and the share of step time spent waiting for data with 0, 1
+and 2 DataLoader workers (tiny preset, demo corpus, CPU).
+
+    python benchmarks/data_loading.py [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from data_pipeline.codecs import tiny_dac  # noqa: E402
+from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
+from ds_train.config import load_run_config  # noqa: E402
+from ds_train.engine import Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    corpus = REPO / "runs" / "bench_corpus"
+    manifest = make_demo_corpus(corpus / "corpus")
+    codec_file = corpus / "tiny_dac.pth"
+    if not codec_file.is_file():
+        tiny_dac(0).save(str(codec_file))
+    base = [f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={corpus / 'run'}",
+            f"train.deepspeed_config={REPO / 'ds_configs' / 'zero2_fp32.json'}", "train.tensorboard=false",
+            "monitor.decode_every=0", "train.max_steps=1000"]  # fmt: skip
+
+    trainer = Trainer(load_run_config(REPO / "ds_configs" / "demo.yaml", [*base, "data.num_workers=0"])).setup()
+    examples = [trainer.dataset[i] for i in range(len(trainer.dataset))]
+    torch.set_num_threads(1)
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < 5:
+        trainer.collator(examples[(count * 8) % 40 : (count * 8) % 40 + 8])
+        count += 1
+    per_s = count * 8 / (time.perf_counter() - start)
+    torch.set_num_threads(2)
+    refs = statistics.mean(ex.whisper_chunks[0].numel() / 16000 for ex in examples)
+    print(f"collator on 1 core: {per_s:.0f} samples/s (micro-batches of 8, references {refs:.1f} s on average, "
+          f"Whisper features included)")  # fmt: skip
+
+    for workers in (0, 1, 2):
+        cfg = load_run_config(REPO / "ds_configs" / "demo.yaml", [*base, f"data.num_workers={workers}"])
+        trainer = Trainer(cfg).setup()
+        values = [trainer.train_step().values for _ in range(args.steps + 3)][3:]
+        wait = statistics.mean(v["perf/data_wait_frac"] for v in values)
+        step = statistics.median(v["perf/step_time_s"] for v in values)
+        print(f"num_workers={workers}: data wait {wait * 100:.1f} % of step time, median step {step * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

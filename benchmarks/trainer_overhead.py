@@ -1,0 +1,85 @@
+"""Trainer overhead: median optimizer-step time of ds_train's `Trainer.train_step` (monitor, metrics, LR floor,
+periodic per-part norms) against a bare `engine(batch); engine.backward(loss); engine.step()` loop, on the same
+DeepSpeed engine and the same pre-collated batches, interleaved step by step in one process.
+
+    python benchmarks/trainer_overhead.py [--preset tiny|mid] [--steps 40] [--ds zero2_fp32.json]
+
+Needs a corpus: it makes the demo corpus under runs/bench_corpus on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from data_pipeline.codecs import tiny_dac  # noqa: E402
+from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
+from ds_train import presets  # noqa: E402
+from ds_train.config import load_run_config  # noqa: E402
+from ds_train.engine import Trainer, _to_device  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# A mid-size LLM for CPU: big enough that the step is compute-bound, small enough to run here.
+presets.LLM_PRESETS.setdefault("mid", dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                                            num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                                            max_position_embeddings=4096))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--ds", default="zero2_fp32.json")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    args = parser.parse_args()
+    corpus = REPO / "runs" / "bench_corpus"
+    manifest = make_demo_corpus(corpus / "corpus")
+    codec_file = corpus / "tiny_dac.pth"
+    if not codec_file.is_file():
+        tiny_dac(0).save(str(codec_file))
+    cfg = load_run_config(REPO / "ds_configs" / "demo.yaml", [
+        f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={corpus / 'run'}",
+        f"train.deepspeed_config={REPO / 'ds_configs' / args.ds}", f"model.preset={args.preset}",
+        f"data.micro_batch_size={args.micro_batch}", "data.num_workers=0", "train.tensorboard=false",
+        f"train.max_steps={10 * args.steps}", "monitor.decode_every=0",
+    ])  # fmt: skip
+    trainer = Trainer(cfg).setup()
+    batches = [trainer.collator([trainer.dataset[i] for i in idx]) for idx in itertools.islice(trainer.sampler, 8)]
+    cycle = itertools.cycle(batches)
+    trainer._batches = cycle  # the trainer reads the same pre-collated batches as the bare loop
+    engine = trainer.engine
+
+    def bare_step() -> None:
+        for _ in range(engine.gradient_accumulation_steps()):
+            batch = {k: v for k, v in _to_device(next(cycle), trainer.device).items() if k != "bad_samples"}
+            out = engine(**batch)
+            engine.backward(out.loss)
+            engine.step()
+
+    ours, bare = [], []
+    for step in range(args.steps + 3):
+        for fn, times in ((trainer.train_step, ours), (bare_step, bare)):
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if step >= 3:  # warm-up
+                times.append(time.perf_counter() - start)
+    m_ours, m_bare = statistics.median(ours), statistics.median(bare)
+    params = sum(p.numel() for p in engine.module.parameters()) / 1e6
+    print(f"preset {args.preset} ({params:.1f}M params), {args.ds}, micro-batch {args.micro_batch}, "
+          f"device {trainer.device}, {args.steps} interleaved steps each")  # fmt: skip
+    print(f"median step: ds_train {m_ours * 1000:.1f} ms, bare DeepSpeed loop {m_bare * 1000:.1f} ms, "
+          f"ratio {m_ours / m_bare:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
