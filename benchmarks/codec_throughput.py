@@ -1,6 +1,6 @@
 """Codec encoding throughput: one batched `encode` call vs one call per utterance, on the same utterances.
 
-    python benchmarks/codec_throughput.py [--utterances 32] [--device cpu|cuda] [--full-size-dac]
+    python -m benchmarks.codec_throughput [--utterances 32] [--device cpu|cuda] [--full-size-dac]
 
 Tiny random-init codecs keep each backend's real geometry (24 kHz, 25 frames/s; 8 codebooks for higgs). With
 --full-size-dac the default 44.1 kHz DAC architecture (76.7M parameters, random weights) is measured too.

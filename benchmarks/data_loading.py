@@ -1,7 +1,7 @@
 """Data loading: the collator's throughput on one core, and the share of step time spent waiting for data with 0, 1
 and 2 DataLoader workers (tiny preset, demo corpus, CPU).
 
-    python benchmarks/data_loading.py [--steps 30]
+    python -m benchmarks.data_loading [--steps 30]
 """
 
 from __future__ import annotations
@@ -10,30 +10,22 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from data_pipeline.codecs import tiny_dac  # noqa: E402
-from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
+from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
 from ds_train.engine import Trainer  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    corpus = REPO / "runs" / "bench_corpus"
-    manifest = make_demo_corpus(corpus / "corpus")
-    codec_file = corpus / "tiny_dac.pth"
-    if not codec_file.is_file():
-        tiny_dac(0).save(str(codec_file))
-    base = [f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={corpus / 'run'}",
+    manifest, codec_file, out = bench_corpus()
+    base = [f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={out}",
             f"train.deepspeed_config={REPO / 'ds_configs' / 'zero2_fp32.json'}", "train.tensorboard=false",
             "monitor.decode_every=0", "train.max_steps=1000"]  # fmt: skip
 

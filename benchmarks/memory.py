@@ -3,7 +3,7 @@ text labels exist) against transformers' HiggsAudioV2 loss path (full [B, L, C*K
 head, full [B, L, vocab] text logits), on the same batch. Each variant runs in its own subprocess; the figure is the
 growth of peak RSS (CPU) or peak allocated memory (GPU) over the state before the forward.
 
-    python benchmarks/memory.py [--batch 4] [--ref-seconds 10] [--target-seconds 15]
+    python -m benchmarks.memory [--batch 4] [--ref-seconds 10] [--target-seconds 15]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 8 codebooks x 1024) at 2048 tokens per sample, DeepSpeed ZeRO-2 bf16, synthetic voice-cloning batches built through
 the real layout and collator. Also the peak memory of the `3b` preset under ZeRO-3 with CPU offload (--zero3-offload).
 
-    python benchmarks/mfu.py [--preset 1b] [--micro-batch 4] [--steps 20] [--zero3-offload]
+    python -m benchmarks.mfu [--preset 1b] [--micro-batch 4] [--steps 20] [--zero3-offload]
 
 Without a GPU it says so and runs the tiny preset for a few steps on CPU (no MFU: CPU peak FLOPs are not tabled).
 """

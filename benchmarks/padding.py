@@ -1,7 +1,7 @@
 """Padding efficiency: real tokens / padded tokens of micro-batches from the token-budget sampler vs fixed-size random
 batches, on a realistic duration mix (reference 3-15 s, target 1-20 s, 25 codec frames/s, ~15 characters/s of text).
 
-    python benchmarks/padding.py [--samples 20000] [--max-tokens 16384]
+    python -m benchmarks.padding [--samples 20000] [--max-tokens 16384]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 periodic per-part norms) against a bare `engine(batch); engine.backward(loss); engine.step()` loop, on the same
 DeepSpeed engine and the same pre-collated batches, interleaved step by step in one process.
 
-    python benchmarks/trainer_overhead.py [--preset tiny|mid] [--steps 40] [--ds zero2_fp32.json]
+    python -m benchmarks.trainer_overhead [--preset tiny|mid] [--steps 40] [--ds zero2_fp32.json]
 
 Needs a corpus: it makes the demo corpus under runs/bench_corpus on first use.
 """
@@ -14,19 +14,16 @@ import itertools
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from data_pipeline.codecs import tiny_dac  # noqa: E402
-from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
+from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
 from ds_train import presets  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
 from ds_train.engine import Trainer, _to_device  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 # A mid-size LLM for CPU: big enough that the step is compute-bound, small enough to run here.
 presets.LLM_PRESETS.setdefault("mid", dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
                                             num_attention_heads=8, num_key_value_heads=4, head_dim=64,
@@ -40,13 +37,9 @@ def main() -> None:
     parser.add_argument("--ds", default="zero2_fp32.json")
     parser.add_argument("--micro-batch", type=int, default=8)
     args = parser.parse_args()
-    corpus = REPO / "runs" / "bench_corpus"
-    manifest = make_demo_corpus(corpus / "corpus")
-    codec_file = corpus / "tiny_dac.pth"
-    if not codec_file.is_file():
-        tiny_dac(0).save(str(codec_file))
+    manifest, codec_file, out = bench_corpus()
     cfg = load_run_config(REPO / "ds_configs" / "demo.yaml", [
-        f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={corpus / 'run'}",
+        f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={out}",
         f"train.deepspeed_config={REPO / 'ds_configs' / args.ds}", f"model.preset={args.preset}",
         f"data.micro_batch_size={args.micro_batch}", "data.num_workers=0", "train.tensorboard=false",
         f"train.max_steps={10 * args.steps}", "monitor.decode_every=0",

@@ -10,13 +10,14 @@ lockstep (no rank waits at an epoch boundary) and makes "micro-batch k" an O(1) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Sampler
+
+from data_pipeline.sampler import PositionalBatchSampler
 
 
-class TokenBudgetBatchSampler(Sampler[list[int]]):
+class TokenBudgetBatchSampler(PositionalBatchSampler):
     """Yields lists of dataset indices forever (epochs follow each other); `consumed` counts yielded micro-batches."""
 
     def __init__(
@@ -90,20 +91,6 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         epoch, within = divmod(index, self._per_epoch)
         batches = self.epoch_batches(epoch)
         return batches[(within % (len(batches) // self.world_size)) * self.world_size + self.rank]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        while True:
-            batch = self.batch_at(self.consumed)
-            self.consumed += 1
-            yield batch
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"checkpoint sampler seed {state['seed']} differs from the run's seed {self.seed}")
-        self.consumed = int(state["consumed"])
 
     def padding_efficiency(self, epoch: int = 0) -> float:
         """Real tokens / padded tokens over one epoch's micro-batches."""

@@ -12,7 +12,32 @@ import torch
 from torch.utils.data import Sampler
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
+class PositionalBatchSampler(Sampler[list[int]]):
+    """Base of the samplers: micro-batch k is `batch_at(k)`, a pure function of the position, so resuming is setting
+    `consumed`. Subclasses set `seed` and `consumed` and implement `batch_at`."""
+
+    seed: int
+    consumed: int
+
+    def batch_at(self, index: int) -> list[int]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            batch = self.batch_at(self.consumed)
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"checkpoint sampler seed {state['seed']} differs from the run's seed {self.seed}")
+        self.consumed = int(state["consumed"])
+
+
+class ResumableBatchSampler(PositionalBatchSampler):
     """Yields lists of dataset indices, `batch_size` each, forever (epochs follow each other)."""
 
     def __init__(self, num_examples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
@@ -36,17 +61,3 @@ class ResumableBatchSampler(Sampler[list[int]]):
         order = torch.randperm(self.num_examples, generator=gen)
         start = (within * self.world_size + self.rank) * self.batch_size
         return order[start : start + self.batch_size].tolist()
-
-    def __iter__(self) -> Iterator[list[int]]:
-        while True:
-            batch = self.batch_at(self.consumed)
-            self.consumed += 1
-            yield batch
-
-    def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"checkpoint sampler seed {state['seed']} differs from the run's seed {self.seed}")
-        self.consumed = int(state["consumed"])
