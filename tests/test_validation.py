@@ -256,3 +256,15 @@ def test_row_fields_lists_every_problem() -> None:
 def test_row_error_is_value_error() -> None:
     err = RowError("x: bad")
     assert isinstance(err, ValueError) and err.reason == "x: bad" and str(err) == "x: bad"
+
+
+@pytest.mark.parametrize("fmt, subtype", [("FLAC", "PCM_16"), ("OGG", "VORBIS")])
+def test_flac_and_ogg_decode(tmp_path: Path, fmt: str, subtype: str) -> None:
+    sr = 24000
+    t = np.arange(sr * 2) / sr
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    path = tmp_path / f"tone.{fmt.lower()}"
+    sf.write(str(path), np.stack([wave, wave], axis=1), sr, format=fmt, subtype=subtype)
+    mono, rate = load_checked_audio(path, Limits(), "target")
+    assert rate == sr and mono.ndim == 1 and abs(mono.numel() - sr * 2) < 2048
+    assert 0.15 < float(mono.pow(2).mean().sqrt()) < 0.25  # a 0.3-amplitude sine has RMS ~0.21
