@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 class Codec(Protocol):
+    device: torch.device
     sample_rate: int
     num_codebooks: int
     codebook_size: int

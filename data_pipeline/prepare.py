@@ -28,12 +28,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data_pipeline.audio import resample
 from data_pipeline.codecs import Codec, load_codec
-from data_pipeline.layout import WHISPER_SAMPLE_RATE
-from data_pipeline.manifest import ManifestRow, Reject, read_manifest
-from data_pipeline.shards import EncodedRow, shard_index, shard_name, write_shard
-from data_pipeline.validation import Limits, RowError, check_codes, check_text, load_checked_audio
+from data_pipeline.encode_rows import encode_rows
+from data_pipeline.manifest import Reject, read_manifest
+from data_pipeline.shards import shard_index, shard_name, write_shard
+from data_pipeline.validation import Limits
 
 log = logging.getLogger("data_pipeline.prepare")
 DATASET_FILE = "dataset.json"
@@ -48,64 +47,13 @@ class PrepareConfig:
     codec_path: str
     out: str
     rows_per_shard: int = 512
-    encode_batch: int = 16
+    encode_batch: int | None = None  # files per codec call; None: 16 on a GPU, 1 on a CPU
     device: str = "cpu"
     limits: Limits | None = None
 
 
 def _rejects_path(out: Path, shard: int) -> Path:
     return out / f"shard-{shard:05d}.rejects.jsonl"
-
-
-def _encode_shard(rows: list[ManifestRow], codec: Codec, limits: Limits, cfg: PrepareConfig) -> tuple[list, list]:
-    """-> (encoded rows, rejects) for one shard's manifest rows."""
-    rejects: list[Reject] = []
-    waves: dict[tuple[Path, str], tuple[torch.Tensor, int] | RowError] = {}
-    good: list[tuple[ManifestRow, str, str]] = []
-    for row in rows:
-        try:
-            ref_text = check_text(row.ref_text, "ref_text", limits)
-            text = check_text(row.text, "text", limits)
-            for path, role in ((row.ref_audio, "reference"), (row.audio, "target")):
-                key = (path, role)
-                if key not in waves:
-                    try:
-                        waves[key] = load_checked_audio(path, limits, role)
-                    except RowError as err:
-                        waves[key] = err
-                if isinstance(waves[key], RowError):
-                    raise waves[key]
-            good.append((row, ref_text, text))
-        except RowError as err:
-            rejects.append(Reject(cfg.manifest, row.line, row.id, str(err)))
-    # Encode each distinct audio file once, in batches (references are often other rows' targets).
-    keys = sorted(
-        {(p, role) for row, _, _ in good for p, role in ((row.ref_audio, "reference"), (row.audio, "target"))}
-    )
-    codes: dict[tuple[Path, str], torch.Tensor] = {}
-    for start in range(0, len(keys), cfg.encode_batch):
-        chunk = keys[start : start + cfg.encode_batch]
-        batch = [resample(waves[k][0], waves[k][1], codec.sample_rate) for k in chunk]
-        for key, c in zip(chunk, codec.encode(batch, codec.sample_rate), strict=True):
-            codes[key] = c
-    encoded: list[EncodedRow] = []
-    for row, ref_text, text in good:
-        ref_key, tgt_key = (row.ref_audio, "reference"), (row.audio, "target")
-        try:
-            for key, what in ((ref_key, "reference"), (tgt_key, "target")):
-                check_codes(codes[key], codec.codebook_size, codec.num_codebooks, f"{key[0]} ({what} codes)")
-        except RowError as err:
-            rejects.append(Reject(cfg.manifest, row.line, row.id, str(err)))
-            continue
-        ref_wave, ref_sr = waves[ref_key]
-        tgt_wave, tgt_sr = waves[tgt_key]
-        encoded.append(EncodedRow(
-            id=row.id, line=row.line, ref_text=ref_text, text=text, ref_codes=codes[ref_key],
-            target_codes=codes[tgt_key], ref_pcm16k=resample(ref_wave, ref_sr, WHISPER_SAMPLE_RATE),
-            ref_seconds=ref_wave.numel() / ref_sr, target_seconds=tgt_wave.numel() / tgt_sr,
-            speaker=row.speaker, scene=row.scene,
-        ))  # fmt: skip
-    return encoded, rejects
 
 
 def _dataset_meta(cfg: PrepareConfig, codec: Codec, total_rows: int) -> dict:
@@ -143,7 +91,7 @@ def prepare(cfg: PrepareConfig, rank: int = 0, world_size: int = 1, show_progres
                disable=not show_progress, dynamic_ncols=True)  # fmt: skip
     hours = 0.0
     for k in todo:
-        encoded, rejects = _encode_shard(shards[k], codec, limits, cfg)
+        encoded, rejects = encode_rows(shards[k], codec, limits, cfg.manifest, cfg.encode_batch)
         tmp = _rejects_path(out, k).with_suffix(".tmp")
         tmp.write_text("".join(r.to_json() + "\n" for r in rejects))
         os.replace(tmp, _rejects_path(out, k))
@@ -194,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec-path", required=True, help="local codec weights (file for dac, folder for higgs)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows-per-shard", type=int, default=512)
-    parser.add_argument("--encode-batch", type=int, default=16)
+    parser.add_argument(
+        "--encode-batch",
+        type=int,
+        default=None,
+        help="audio files per codec call, shortest first (default: 16 on a GPU, 1 on a CPU)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     for field in ("min_seconds", "max_seconds", "min_ref_seconds", "max_ref_seconds"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(Limits(), field))

@@ -14,9 +14,11 @@ def llm_flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
     cfg = model.llm.config
     dense = 0
     for name, param in model.llm.named_parameters():
-        if param.dim() != 2 or "embed" in name or "audio_mlp" in name or "text_lm_head" in name:
+        # ZeRO-3 leaves each parameter an empty placeholder; its full shape is in `ds_shape`.
+        shape = getattr(param, "ds_shape", param.shape)
+        if len(shape) != 2 or "embed" in name or "audio_mlp" in name or "text_lm_head" in name:
             continue
-        dense += param.numel()
+        dense += shape[0] * shape[1]
     return 6.0 * dense + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 

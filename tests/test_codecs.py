@@ -22,6 +22,7 @@ from data_pipeline.codecs import (
     tiny_higgs,
     tiny_higgs_config,
 )
+from data_pipeline.encode_rows import encode_by_length
 
 
 @dataclass
@@ -89,6 +90,32 @@ def test_batched_matches_single(backend: Backend) -> None:
         assert torch.equal(codes[:, :keep], single[:, :keep])
     # The codes vary with the input (a random-init codebook could otherwise map everything to one code).
     assert all(len(row.unique()) > 5 for row in batched[0])
+
+
+def test_encode_by_length_groups_similar_lengths(backend: Backend) -> None:
+    codec = backend.codec
+    seconds = [1.5, 0.4, 1.2, 0.4, 2.0, 1.2, 0.9]
+    waves = {(Path(f"u{i}.wav"), "target"): (_speechlike(s, 16000, seed=i), 16000) for i, s in enumerate(seconds)}
+    seen: list[list[int]] = []
+    encode = codec.encode
+
+    def recording_encode(batch: list[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+        seen.append([w.numel() for w in batch])
+        return encode(batch, sample_rate)
+
+    sizes: list[int] = []
+    codec.encode = recording_encode
+    try:
+        codes = encode_by_length(waves, codec, batch_size=3, on_batch=sizes.append)
+    finally:
+        del codec.encode
+    assert sizes == [3, 3, 1] and [n for batch in seen for n in batch] == sorted(n for batch in seen for n in batch)
+    for key, (wave, sr) in waves.items():
+        (single,) = codec.encode([wave], sr)
+        keep = single.shape[1] - backend.batch_tail
+        assert codes[key].shape == single.shape and torch.equal(codes[key][:, :keep], single[:, :keep])
+    with pytest.raises(ValueError, match="batch size"):
+        encode_by_length(waves, codec, batch_size=0)
 
 
 def test_decode(backend: Backend) -> None:

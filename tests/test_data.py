@@ -46,7 +46,7 @@ def test_every_row_is_either_an_example_or_a_reject(assets, codec, tmp_path: Pat
     assert "invalid JSON" in reasons[4]
     assert "text" in reasons[5]
     assert "file not found" in reasons[6]
-    assert "cannot decode" in reasons[7]
+    assert "corrupt.wav: cannot read audio header" in reasons[7]
     assert "zero-length" in reasons[8]
     assert "duplicate id" in reasons[9]
     ex = ds[0]

@@ -13,8 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
 
 from data_pipeline.batching import TokenBudgetBatchSampler
+from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import AudioGeometry, BadSample, LayoutBuilder
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
 from data_pipeline.prepared_dataset import PreparedDataset
@@ -128,6 +130,27 @@ def test_prepared_dataset_lengths_and_examples(manifest_with_bad_rows, assets, c
         assert ex.whisper_chunks[0].abs().max() > 0
     ds.index["row"][3] = 10**6  # a row the shard does not have
     assert isinstance(ds[3], BadSample) and "IndexError" in ds[3].reason
+
+
+def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, assets, codec, tmp_path: Path) -> None:
+    """The bare-manifest path runs the same checks and encoding as `prepare`: same rejects, same examples."""
+    # One shard and the same batch size: both paths make the same codec calls (DAC codes depend on the batch).
+    prepare(PrepareConfig(str(manifest_with_bad_rows), "dac", str(assets.codec_file), str(tmp_path / "prep"), 100,
+                          encode_batch=16), show_progress=False)  # fmt: skip
+    layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(codec.num_codebooks, codec.codebook_size))
+    prepared = PreparedDataset(tmp_path / "prep", layout)
+    in_memory = EncodedVoiceCloningDataset(manifest_with_bad_rows, codec, layout, encode_batch_size=16,
+                                           show_progress=False)  # fmt: skip
+    assert [(r.line, r.id, r.reason) for r in in_memory.rejects] == sorted(
+        (r.line, r.id, r.reason) for r in prepared.rejects
+    )
+    assert len(in_memory) == len(prepared) == 24
+    for i in range(len(prepared)):
+        a, b = in_memory[i], prepared[i]
+        assert a.sample_id == b.sample_id
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.audio_frames, b.audio_frames)
+        # prepared shards store the 16 kHz reference as int16 PCM
+        assert torch.allclose(a.whisper_chunks[0], b.whisper_chunks[0], atol=1 / 16384)
 
 
 def _realistic_lengths(n: int, seed: int = 0) -> list[int]:

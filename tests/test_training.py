@@ -10,7 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ds_train.build import build_model
 from ds_train.engine import Trainer, train
+from ds_train.flops import llm_flops_per_token
 from tests.helpers import make_config
 
 REQUIRED_SCALARS = {"train/loss", "train/audio_loss", "train/grad_norm", "train/lr"}
@@ -75,3 +77,6 @@ def test_shipped_deepspeed_configs_train(assets, tmp_path: Path, ds: str) -> Non
     values = [trainer.train_step().values for _ in range(2)]
     assert all(math.isfinite(v["train/loss"]) and v["train/grad_norm"] > 0 for v in values)
     assert trainer.engine.zero_optimization_stage() == int(ds[4])
+    # MFU counts the full model even where ZeRO-3 has partitioned the parameters away.
+    unpartitioned = build_model(trainer.cfg, trainer.tokenizer, trainer.geometry)
+    assert llm_flops_per_token(trainer.engine.module, 100) == llm_flops_per_token(unpartitioned, 100) > 0
