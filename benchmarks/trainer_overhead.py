@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
+from data_pipeline.whisper_features import attach_features  # noqa: E402
 from ds_train import presets  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
 from ds_train.engine import Trainer, _to_device  # noqa: E402
@@ -52,7 +53,8 @@ def main() -> None:
 
     def bare_step() -> None:
         for _ in range(engine.gradient_accumulation_steps()):
-            batch = {k: v for k, v in _to_device(next(cycle), trainer.device).items() if k != "bad_samples"}
+            batch = attach_features(_to_device(next(cycle), trainer.device), trainer.log_mel)
+            batch.pop("bad_samples", None)
             out = engine(**batch)
             engine.backward(out.loss)
             engine.step()

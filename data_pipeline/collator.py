@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from transformers import WhisperFeatureExtractor
 
-from data_pipeline.layout import IGNORE_INDEX, WHISPER_SAMPLE_RATE, AudioGeometry, BadSample, VoiceCloningExample
+from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, BadSample, VoiceCloningExample
+from data_pipeline.whisper_features import EmptyWhisperFeaturesError, WhisperLogMel
 
-WHISPER_MEL_BINS = 128
-
-
-class EmptyWhisperFeaturesError(ValueError):
-    """Whisper conditioning is on but a batch would carry no reference features (the [0, 128, 3000] failure)."""
+__all__ = ["EmptyWhisperFeaturesError", "VoiceCloningCollator"]
 
 
 @dataclass
@@ -26,6 +21,8 @@ class VoiceCloningCollator:
       audio_input_ids [B, F, C], audio_input_ids_mask [B, F] (bool), audio_labels [B, F, C],
       whisper_input_features [N, 128, 3000], whisper_attention_mask [N, 3000],
       whisper_token_counts [N] (valid <|AUDIO|> positions each chunk fills), whisper_chunk_sample [N] (batch row),
+      or, with `whisper_on_device`, whisper_waveforms [N, S] (16 kHz, zero-padded to the longest chunk) and
+      whisper_lengths [N] in place of the features and mask, for `WhisperLogMel` to run on the training device,
       sample_ids: list[str], bad_samples: list[BadSample] (rows that failed to load, dropped here).
     A batch with no loadable row is {"bad_samples": [...], "empty": True}.
     Chunks are ordered by batch row then position, the order of the <|AUDIO|> spans in the flattened input_ids.
@@ -34,9 +31,10 @@ class VoiceCloningCollator:
     pad_token_id: int
     geometry: AudioGeometry
     whisper: bool = True
+    whisper_on_device: bool = False
 
     def __post_init__(self) -> None:
-        self.feature_extractor = WhisperFeatureExtractor(feature_size=WHISPER_MEL_BINS) if self.whisper else None
+        self.log_mel = WhisperLogMel() if self.whisper and not self.whisper_on_device else None
 
     def __call__(self, examples: list[VoiceCloningExample | BadSample]) -> dict:
         if not examples:
@@ -82,7 +80,7 @@ class VoiceCloningCollator:
         return batch
 
     def _whisper_features(self, examples: list[VoiceCloningExample]) -> dict:
-        chunks: list[np.ndarray] = []
+        chunks: list[torch.Tensor] = []
         counts: list[int] = []
         rows: list[int] = []
         for row, ex in enumerate(examples):
@@ -93,21 +91,18 @@ class VoiceCloningCollator:
             for chunk, count in zip(ex.whisper_chunks, ex.whisper_tokens, strict=True):
                 if chunk.numel() == 0:
                     raise EmptyWhisperFeaturesError(f"sample {ex.sample_id!r} has an empty reference chunk")
-                chunks.append(chunk.numpy().astype(np.float32, copy=False))
+                chunks.append(chunk.float())
                 counts.append(count)
                 rows.append(row)
-        features = self.feature_extractor(
-            chunks, sampling_rate=WHISPER_SAMPLE_RATE, return_attention_mask=True, return_tensors="pt"
-        )
-        input_features = features["input_features"]
-        if input_features.shape[0] == 0 or input_features.shape[0] != len(chunks):
-            ids = [ex.sample_id for ex in examples]
-            raise EmptyWhisperFeaturesError(
-                f"Whisper features have shape {tuple(input_features.shape)} for samples {ids}"
-            )
-        return {
-            "whisper_input_features": input_features,
-            "whisper_attention_mask": features["attention_mask"],
+        lengths = torch.tensor([c.numel() for c in chunks], dtype=torch.long)
+        waves = torch.zeros(len(chunks), int(lengths.max()))
+        for i, chunk in enumerate(chunks):
+            waves[i, : chunk.numel()] = chunk
+        out = {
             "whisper_token_counts": torch.tensor(counts, dtype=torch.long),
             "whisper_chunk_sample": torch.tensor(rows, dtype=torch.long),
         }
+        if self.log_mel is None:
+            return {**out, "whisper_waveforms": waves, "whisper_lengths": lengths}
+        features, mask = self.log_mel(waves, lengths)
+        return {**out, "whisper_input_features": features, "whisper_attention_mask": mask}

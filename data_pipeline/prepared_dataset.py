@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
 from data_pipeline.layout import BadSample, LayoutBuilder, VoiceCloningExample
 from data_pipeline.manifest import Reject
 from data_pipeline.prepare import DATASET_FILE, INDEX_FILE, REJECTS_FILE
-from data_pipeline.shards import row_from_table, shard_name
+from data_pipeline.shards import ShardReader, shard_name
+
+OPEN_SHARDS = 64  # open shard files per process (metadata only: rows are read one row group at a time)
 
 
 class PreparedDataset(Dataset):
@@ -47,22 +48,22 @@ class PreparedDataset(Dataset):
         self.rejects = [
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
         ] if rejects_path.is_file() else []  # fmt: skip
-        self._tables: dict[int, pa.Table] = {}
+        self._readers: dict[int, ShardReader] = {}
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _table(self, shard: int) -> pa.Table:
-        if shard not in self._tables:
-            if len(self._tables) >= 2:  # bounded: batches are mostly shard-local only by chance
-                self._tables.pop(next(iter(self._tables)))
-            self._tables[shard] = pq.read_table(self.root / shard_name(shard), memory_map=True)
-        return self._tables[shard]
+    def _shard(self, shard: int) -> ShardReader:
+        if shard not in self._readers:
+            if len(self._readers) >= OPEN_SHARDS:  # least recently opened first
+                self._readers.pop(next(iter(self._readers)))
+            self._readers[shard] = ShardReader(self.root / shard_name(shard))
+        return self._readers[shard]
 
     def __getitem__(self, i: int) -> VoiceCloningExample | BadSample:
         sample_id = self.index["id"][i]
         try:
-            row = row_from_table(self._table(self.index["shard"][i]), self.index["row"][i])
+            row = self._shard(self.index["shard"][i]).row(self.index["row"][i])
             return self.layout.build(
                 row.id, row.ref_text, row.ref_codes, row.text, row.target_codes, ref_wave_16k=row.ref_pcm16k,
                 scene=row.scene,

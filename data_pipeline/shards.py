@@ -9,6 +9,7 @@ shard either exists complete or not at all.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ INDEX_COLUMNS = [
     "id", "line", "ref_text", "text", "scene", "ref_frames", "target_frames", "ref_samples16k", "ref_seconds",
     "target_seconds",
 ]  # fmt: skip
+
+
+# Training reads rows in random order and Parquet decodes whole row groups: with small groups one row costs ~1 ms to
+# read instead of the whole shard's ~0.6 ms per row (measured on a 60 MB, 200-row shard), for ~1 % more disk.
+ROW_GROUP_ROWS = 4
 
 
 def shard_name(index: int) -> str:
@@ -75,7 +81,7 @@ def write_shard(path: Path, rows: list[EncodedRow]) -> None:
             cols[name].append(value)
     table = pa.table(cols, schema=SHARD_SCHEMA)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, path)
 
 
@@ -94,6 +100,24 @@ def row_from_table(table: pa.Table, i: int) -> EncodedRow:
         ref_pcm16k=pcm, ref_seconds=get["ref_seconds"], target_seconds=get["target_seconds"],
         speaker=get["speaker"], scene=get["scene"],
     )  # fmt: skip
+
+
+class ShardReader:
+    """Random access to one shard's rows: decodes only the row group that holds the row."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = pq.ParquetFile(path, memory_map=True)
+        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
+        self.starts = np.cumsum([0, *sizes]).tolist()
+        self._last: tuple[int, pa.Table | None] = (-1, None)
+
+    def row(self, i: int) -> EncodedRow:
+        if not 0 <= i < self.starts[-1]:
+            raise IndexError(f"row {i} out of range: {self.file.metadata.num_rows} rows in this shard")
+        group = bisect.bisect_right(self.starts, i) - 1
+        if self._last[0] != group:  # keeps shards written before ROW_GROUP_ROWS (one group) from re-reading each row
+            self._last = (group, self.file.read_row_group(group))
+        return row_from_table(self._last[1], i - self.starts[group])
 
 
 def shard_index(path: Path) -> pa.Table:

@@ -41,6 +41,9 @@ class WhisperSection:
     path: str | None = None  # local Whisper checkpoint directory (128 mel bins)
     trainable: bool = True  # False freezes the encoder; the projector still trains
     placement: str = "user"  # turn that carries the reference's <|AUDIO|> span: user | system
+    # where log-mel features are computed: loader (DataLoader workers, CPU) | device (training device, after the
+    # batch is moved there) | auto (device on a GPU, else loader)
+    features_on: str = "auto"
 
 
 @dataclass
@@ -170,6 +173,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
             raise ConfigError(f"monitor.{f.name} must be one of {CHECK_POLICIES}, got {getattr(cfg.monitor, f.name)!r}")
     if cfg.whisper.placement not in ("user", "system"):
         raise ConfigError(f"whisper.placement must be 'user' or 'system', got {cfg.whisper.placement!r}")
+    if cfg.whisper.features_on not in ("auto", "loader", "device"):
+        raise ConfigError(f"whisper.features_on must be auto, loader or device, got {cfg.whisper.features_on!r}")
     return cfg
 
 

@@ -17,6 +17,7 @@ import torch
 import transformers
 
 from data_pipeline.layout import IGNORE_INDEX
+from data_pipeline.whisper_features import attach_features
 from ds_train.config import RunConfig
 from ds_train.monitor import HealthError
 from ds_train.safe_decode import safe_decode_text
@@ -64,7 +65,7 @@ def _label_alignment(trainer, batch: dict) -> Check:
 
 
 def run_doctor(cfg: RunConfig) -> list[Check]:
-    from ds_train.engine import Trainer
+    from ds_train.engine import Trainer, _to_device
 
     for field in ("on_whisper_features", "on_codec_codes", "on_grad_norm", "on_nonfinite_loss", "on_params_unchanged",
                   "on_lr_floor"):  # fmt: skip
@@ -102,7 +103,7 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
               f"{len(trainer.dataset)} examples, {len(trainer.dataset.rejects)} rejected rows"),
     ]  # fmt: skip
     batch = next(iter(trainer.loader))
-    batch = {k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = attach_features(_to_device(batch, trainer.device), trainer.log_mel)
     feats = batch.get("whisper_input_features")
     checks.append(_label_alignment(trainer, batch))
     try:

@@ -26,6 +26,7 @@ from data_pipeline.prepare import DATASET_FILE
 from data_pipeline.prepared_dataset import PreparedDataset
 from data_pipeline.sampler import ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
+from data_pipeline.whisper_features import WhisperLogMel, attach_features
 from ds_train import checkpointing
 from ds_train.build import build_codec, build_model, build_tokenizer
 from ds_train.config import RunConfig, resolve_deepspeed_config
@@ -73,6 +74,12 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def features_on_device(cfg: RunConfig) -> bool:
+    """Whether the training process computes Whisper features on its device (see `whisper.features_on`)."""
+    where = cfg.whisper.features_on
+    return where == "device" or (where == "auto" and torch.cuda.is_available())
+
+
 def build_data(cfg: RunConfig, tokenizer, rank: int):
     """-> (dataset, collator, codec). A prepared dataset (data.prepared) is read from its shards; a bare manifest
     (data.manifest) is encoded in memory at start-up by every rank, which suits small corpora and the demo."""
@@ -92,8 +99,9 @@ def build_data(cfg: RunConfig, tokenizer, rank: int):
     else:
         raise ValueError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
     collator = VoiceCloningCollator(
-        pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled
-    )
+        pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled,
+        whisper_on_device=features_on_device(cfg),
+    )  # fmt: skip
     return dataset, collator, codec
 
 
@@ -137,6 +145,7 @@ class Trainer:
         self.tokenizer = build_tokenizer(cfg)
         self.dataset, self.collator, self.codec = build_data(cfg, self.tokenizer, self.rank)
         self.geometry = self.collator.geometry
+        self.log_mel = WhisperLogMel()
         model = build_model(cfg, self.tokenizer, self.geometry)
         if self.rank == 0:
             self.tokenizer.save_pretrained(str(self.out_dir / "tokenizer"))
@@ -242,7 +251,7 @@ class Trainer:
             data_wait += time.perf_counter() - fetch
             if self._count_bad_samples(batch.pop("bad_samples", []), len(batch.get("sample_ids", ()))):
                 continue  # the whole micro-batch failed to load
-            batch = _to_device(batch, self.device)
+            batch = attach_features(_to_device(batch, self.device), self.log_mel)
             out = engine(**batch)
             self.monitor.observe_batch(batch, out)
             if not self._loss_is_finite(out.loss):

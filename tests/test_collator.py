@@ -8,6 +8,7 @@ import torch
 from data_pipeline.collator import EmptyWhisperFeaturesError, VoiceCloningCollator
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.whisper_features import WhisperLogMel, attach_features
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
 
@@ -72,3 +73,40 @@ def test_whisper_off_has_no_features() -> None:
     batch = VoiceCloningCollator(builder.ids.pad, GEO, whisper=False)(exs)
     assert "whisper_input_features" not in batch
     assert not (batch["input_ids"] == builder.ids.audio_in).any()
+
+
+def test_log_mel_matches_transformers_feature_extractor() -> None:
+    from transformers import WhisperFeatureExtractor
+
+    g = torch.Generator().manual_seed(1)
+    chunks = [torch.randn(n, generator=g) * 0.1 for n in (20807, 480000, 16000, 3997)]
+    chunks[2][8000:] = 0.0  # trailing silence inside the audio
+    reference = WhisperFeatureExtractor(feature_size=128)(
+        [c.numpy() for c in chunks], sampling_rate=16000, return_attention_mask=True, return_tensors="pt"
+    )
+    lengths = torch.tensor([c.numel() for c in chunks])
+    waves = torch.zeros(len(chunks), int(lengths.max()))
+    for i, c in enumerate(chunks):
+        waves[i, : c.numel()] = c
+    features, mask = WhisperLogMel()(waves, lengths)
+    assert features.shape == reference["input_features"].shape == (4, 128, 3000)
+    assert torch.allclose(features, reference["input_features"], atol=1e-4)
+    assert torch.equal(mask, reference["attention_mask"].long())
+    with pytest.raises(EmptyWhisperFeaturesError, match=r"\(0, 480000\)"):
+        WhisperLogMel()(torch.zeros(0, 480000), torch.zeros(0))
+    with pytest.raises(ValueError, match="at most 480000"):
+        WhisperLogMel()(torch.zeros(1, 480001), torch.tensor([480001]))
+
+
+def test_features_on_device_match_features_in_the_loader() -> None:
+    builder, exs = _examples()
+    in_loader = VoiceCloningCollator(builder.ids.pad, GEO)(exs)
+    deferred = VoiceCloningCollator(builder.ids.pad, GEO, whisper_on_device=True)(exs)
+    assert "whisper_input_features" not in deferred
+    assert deferred["whisper_waveforms"].shape == (4, 480000) and deferred["whisper_lengths"].tolist() == [
+        16000, 480000, 16000, 4000
+    ]  # fmt: skip
+    attached = attach_features(deferred, WhisperLogMel())
+    assert "whisper_waveforms" not in attached
+    for key in ("whisper_input_features", "whisper_attention_mask", "whisper_token_counts", "input_ids"):
+        assert torch.equal(attached[key], in_loader[key]), key

@@ -20,8 +20,10 @@ def test_doctor_cli_passes_on_a_healthy_config(assets, tmp_path: Path) -> None:
     proc = _run([
         sys.executable, "-m", "ds_train", "doctor", "--config", str(CONFIGS / "demo.yaml"),
         f"data.manifest={assets.manifest}", f"data.codec_path={assets.codec_file}", "data.micro_batch_size=4",
+        "whisper.features_on=device",  # what a GPU run does: features computed after the batch is moved
     ])  # fmt: skip
     assert "all checks passed" in proc.stdout
+    assert "features (4, 128, 3000)" in proc.stdout
     for name in HEALTH_CHECK_NAMES.values():
         assert f"PASS  {name}" in proc.stdout
     assert "PASS  label alignment" in proc.stdout and "5. safe decoding" in proc.stdout

@@ -20,7 +20,7 @@ from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import AudioGeometry, BadSample, LayoutBuilder
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
 from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.shards import shard_name
+from data_pipeline.shards import ROW_GROUP_ROWS, ShardReader, row_from_table, shard_name
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from ds_train.engine import Trainer
 from tests.helpers import make_config
@@ -130,6 +130,19 @@ def test_prepared_dataset_lengths_and_examples(manifest_with_bad_rows, assets, c
         assert ex.whisper_chunks[0].abs().max() > 0
     ds.index["row"][3] = 10**6  # a row the shard does not have
     assert isinstance(ds[3], BadSample) and "IndexError" in ds[3].reason
+
+
+def test_shard_rows_are_read_one_row_group_at_a_time(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
+    _prepare(manifest_with_bad_rows, assets, tmp_path / "prep")
+    path = tmp_path / "prep" / shard_name(0)
+    whole = pq.read_table(path)
+    reader = ShardReader(path)
+    assert reader.file.num_row_groups == -(-whole.num_rows // ROW_GROUP_ROWS) > 1
+    for i in range(whole.num_rows):
+        a, b = reader.row(i), row_from_table(whole, i)
+        assert a.id == b.id and torch.equal(a.target_codes, b.target_codes) and torch.equal(a.ref_pcm16k, b.ref_pcm16k)
+    with pytest.raises(IndexError, match="out of range"):
+        reader.row(whole.num_rows)
 
 
 def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, assets, codec, tmp_path: Path) -> None:

@@ -80,3 +80,13 @@ def test_shipped_deepspeed_configs_train(assets, tmp_path: Path, ds: str) -> Non
     # MFU counts the full model even where ZeRO-3 has partitioned the parameters away.
     unpartitioned = build_model(trainer.cfg, trainer.tokenizer, trainer.geometry)
     assert llm_flops_per_token(trainer.engine.module, 100) == llm_flops_per_token(unpartitioned, 100) > 0
+
+
+def test_whisper_features_on_the_training_device_train_identically(assets, tmp_path: Path) -> None:
+    losses = {}
+    for where in ("loader", "device"):
+        trainer = Trainer(make_config(assets, tmp_path / where, "train.max_steps=2", f"whisper.features_on={where}",
+                                      "data.num_workers=0")).setup()  # fmt: skip
+        assert trainer.collator.whisper_on_device == (where == "device")
+        losses[where] = [trainer.train_step().values["train/loss"] for _ in range(2)]
+    assert losses["device"] == pytest.approx(losses["loader"], rel=1e-6)
