@@ -32,7 +32,7 @@ class EncodedVoiceCloningDataset(Dataset):
         limits: Limits | None = None,
     ) -> None:
         rows, self.rejects = read_manifest(manifest)
-        files = len({k for r in rows for k in ((r.ref_audio, "reference"), (r.audio, "target"))})
+        files = len({p for r in rows for p in (r.ref_audio, r.audio)})
         with tqdm(total=files, desc="encoding audio", unit="file", disable=not show_progress) as bar:
             encoded, rejects = encode_rows(
                 rows, codec, limits or Limits(), str(manifest), encode_batch_size, on_batch=bar.update

@@ -1,9 +1,9 @@
 """Manifest rows -> validated, codec-encoded rows: the one path shared by offline `prepare` and the in-memory dataset.
 
 Every row ends up either as an `EncodedRow` or as a `Reject` naming the row and the reason. Each distinct audio file
-(per role: a file may be one row's reference and another's target, with different duration limits) is loaded and
-encoded once. Files are encoded in length order, so a batch holds utterances of similar length: DAC pads less, and the
-Higgs codec, which batches only equal padded lengths, finds more of them per forward.
+is checked once per role (a file may be one row's reference and another's target, with different duration limits)
+and encoded once. Files are encoded in length order, so a batch holds utterances of similar length: DAC pads less,
+and the Higgs codec, which batches only equal padded lengths, finds more of them per forward.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from data_pipeline.manifest import ManifestRow, Reject
 from data_pipeline.shards import EncodedRow
 from data_pipeline.validation import Limits, RowError, check_codes, check_text, load_checked_audio
 
-AudioKey = tuple[Path, str]  # (file, "reference" | "target")
+AudioKey = tuple[Path, str]  # (file, "reference" | "target" | "" for the file itself)
 
 
 def default_encode_batch(device: torch.device | str) -> int:
@@ -81,7 +81,10 @@ def encode_rows(
         except RowError as err:
             rejects.append(Reject(source, row.line, row.id, str(err)))
     loaded = {k: v for k, v in waves.items() if not isinstance(v, RowError)}
-    codes = encode_by_length(loaded, codec, batch_size or default_encode_batch(codec.device), on_batch)
+    # A file that is one row's reference and another's target is checked per role but encoded once.
+    by_file = {(path, ""): wave for (path, _), wave in loaded.items()}
+    file_codes = encode_by_length(by_file, codec, batch_size or default_encode_batch(codec.device), on_batch)
+    codes = {key: file_codes[(key[0], "")] for key in loaded}
     encoded: list[EncodedRow] = []
     for row, ref_text, text in good:
         ref_key, tgt_key = (row.ref_audio, "reference"), (row.audio, "target")

@@ -17,11 +17,14 @@ import torch
 
 from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.dataset import EncodedVoiceCloningDataset
+from data_pipeline.encode_rows import encode_rows
 from data_pipeline.layout import AudioGeometry, BadSample, LayoutBuilder
+from data_pipeline.manifest import read_manifest
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
 from data_pipeline.prepared_dataset import PreparedDataset
 from data_pipeline.shards import ROW_GROUP_ROWS, ShardReader, row_from_table, shard_name
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.validation import Limits
 from ds_train.engine import Trainer
 from tests.helpers import make_config
 from tests.test_cli import _env, _free_port
@@ -158,6 +161,13 @@ def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, asse
         (r.line, r.id, r.reason) for r in prepared.rejects
     )
     assert len(in_memory) == len(prepared) == 24
+    # Every file is encoded once, also the ones that are one row's reference and another's target.
+    rows, _ = read_manifest(manifest_with_bad_rows)
+    encoded: list[int] = []
+    encode_rows(rows, codec, Limits(), "m", 4, on_batch=encoded.append)
+    good = {r.ref_audio for r in rows[:24]} | {r.audio for r in rows[:24]}
+    both = {r.ref_audio for r in rows[:24]} & {r.audio for r in rows[:24]}
+    assert both and sum(encoded) == len(good)
     for i in range(len(prepared)):
         a, b = in_memory[i], prepared[i]
         assert a.sample_id == b.sample_id
