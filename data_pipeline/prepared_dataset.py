@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
 from data_pipeline.layout import BadSample, LayoutBuilder, VoiceCloningExample
 from data_pipeline.manifest import Reject
 from data_pipeline.prepare import DATASET_FILE, INDEX_FILE, REJECTS_FILE
-from data_pipeline.shards import ShardReader, shard_name
+from data_pipeline.shards import EncodedRow, ShardReader, row_from_table, shard_name
 
 OPEN_SHARDS = 64  # open shard files per process (metadata only: rows are read one row group at a time)
+# Decoded row groups kept per process. Tiny with today's 4-row groups; shards written before them are one group each,
+# and this bound keeps their memory to two decoded shards, as it always was.
+CACHED_GROUPS = 2
 
 
 class PreparedDataset(Dataset):
@@ -49,6 +53,7 @@ class PreparedDataset(Dataset):
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
         ] if rejects_path.is_file() else []  # fmt: skip
         self._readers: dict[int, ShardReader] = {}
+        self._groups: dict[tuple[int, int], pa.Table] = {}
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -60,10 +65,19 @@ class PreparedDataset(Dataset):
             self._readers[shard] = ShardReader(self.root / shard_name(shard))
         return self._readers[shard]
 
+    def _row(self, shard: int, i: int) -> EncodedRow:
+        reader = self._shard(shard)
+        group, offset = reader.locate(i)
+        if (shard, group) not in self._groups:
+            if len(self._groups) >= CACHED_GROUPS:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[shard, group] = reader.file.read_row_group(group)
+        return row_from_table(self._groups[shard, group], offset)
+
     def __getitem__(self, i: int) -> VoiceCloningExample | BadSample:
         sample_id = self.index["id"][i]
         try:
-            row = self._shard(self.index["shard"][i]).row(self.index["row"][i])
+            row = self._row(self.index["shard"][i], self.index["row"][i])
             return self.layout.build(
                 row.id, row.ref_text, row.ref_codes, row.text, row.target_codes, ref_wave_16k=row.ref_pcm16k,
                 scene=row.scene,

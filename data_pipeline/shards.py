@@ -103,21 +103,23 @@ def row_from_table(table: pa.Table, i: int) -> EncodedRow:
 
 
 class ShardReader:
-    """Random access to one shard's rows: decodes only the row group that holds the row."""
+    """Random access to one shard's rows: decodes only the row group that holds a row."""
 
     def __init__(self, path: Path) -> None:
         self.file = pq.ParquetFile(path, memory_map=True)
         sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
         self.starts = np.cumsum([0, *sizes]).tolist()
-        self._last: tuple[int, pa.Table | None] = (-1, None)
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Row i -> (row group, row within the group)."""
+        if not 0 <= i < self.starts[-1]:
+            raise IndexError(f"row {i} out of range: {self.starts[-1]} rows in this shard")
+        group = bisect.bisect_right(self.starts, i) - 1
+        return group, i - self.starts[group]
 
     def row(self, i: int) -> EncodedRow:
-        if not 0 <= i < self.starts[-1]:
-            raise IndexError(f"row {i} out of range: {self.file.metadata.num_rows} rows in this shard")
-        group = bisect.bisect_right(self.starts, i) - 1
-        if self._last[0] != group:  # keeps shards written before ROW_GROUP_ROWS (one group) from re-reading each row
-            self._last = (group, self.file.read_row_group(group))
-        return row_from_table(self._last[1], i - self.starts[group])
+        group, offset = self.locate(i)
+        return row_from_table(self.file.read_row_group(group), offset)
 
 
 def shard_index(path: Path) -> pa.Table:

@@ -146,6 +146,14 @@ def test_shard_rows_are_read_one_row_group_at_a_time(manifest_with_bad_rows, ass
         assert a.id == b.id and torch.equal(a.target_codes, b.target_codes) and torch.equal(a.ref_pcm16k, b.ref_pcm16k)
     with pytest.raises(IndexError, match="out of range"):
         reader.row(whole.num_rows)
+    # A shard written before row groups (one group for the whole shard) still reads the same examples.
+    layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(4, 256))
+    before = [PreparedDataset(tmp_path / "prep", layout)[i] for i in range(whole.num_rows)]
+    pq.write_table(whole, path)
+    assert pq.ParquetFile(path).num_row_groups == 1
+    legacy = PreparedDataset(tmp_path / "prep", layout)
+    for i, ex in enumerate(before):
+        assert torch.equal(legacy[i].input_ids, ex.input_ids) and torch.equal(legacy[i].audio_frames, ex.audio_frames)
 
 
 def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, assets, codec, tmp_path: Path) -> None:
