@@ -53,7 +53,10 @@ def _measure(codec, seconds: list[float], batch: int, repeats: int, mixed: bool)
         times["batched, length order"] = _time(lambda: encode_by_length(keyed, codec, batch), repeats)
     best = min(t for what, t in times.items() if what != "one at a time")
     parts = ", ".join(f"{what} {audio / t:.1f}" for what, t in times.items())
-    return f"s audio/s: {parts}; speed-up {single / best:.2f}x"
+    alone = [codec.encode([x], sr)[0] for x in waves]
+    batched = [c for start in range(0, len(waves), batch) for c in codec.encode(waves[start : start + batch], sr)]
+    same = sum(torch.equal(a, b) for a, b in zip(alone, batched, strict=True))
+    return f"s audio/s: {parts}; speed-up {single / best:.2f}x; batched codes equal one-at-a-time: {same}/{len(waves)}"
 
 
 def main() -> None:

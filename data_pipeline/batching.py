@@ -86,11 +86,10 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
     def batches_per_epoch(self) -> int:
         return self._per_epoch
 
-    def batch_at(self, index: int) -> list[int]:
-        """This rank's micro-batch number `index` (counted across epochs)."""
-        epoch, within = divmod(index, self._per_epoch)
+    def global_batch(self, epoch: int, position: int) -> list[int]:
+        """Later epochs may pack into fewer micro-batches than the first: positions past the end wrap around."""
         batches = self.epoch_batches(epoch)
-        return batches[(within % (len(batches) // self.world_size)) * self.world_size + self.rank]
+        return batches[position % len(batches)]
 
     def padding_efficiency(self, epoch: int = 0) -> float:
         """Real tokens / padded tokens over one epoch's micro-batches."""

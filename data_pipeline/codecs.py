@@ -8,6 +8,7 @@ the 24 kHz, 25 frames/s geometry for tests and the demo.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,7 +38,13 @@ class Codec(Protocol):
 
 
 class DacCodec:
-    """descript-audio-codec backend. Batched encode pads to the longest input and trims each result to its length."""
+    """descript-audio-codec backend.
+
+    Batched encode pads every waveform to the batch's longest whole number of hops, and zeroes each encoder conv's
+    output past each utterance's own length. The next conv then reads zeros there, exactly as it reads its zero padding
+    when the utterance is encoded alone, so batched codes equal one-at-a-time codes (without the mask, a conv's bias
+    and the Snake activations make the padding non-zero, and the last frames of a shorter utterance change).
+    """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
         self.model = model.to(device).eval()
@@ -47,6 +54,7 @@ class DacCodec:
         self.codebook_size = int(model.codebook_size)
         self.hop_length = int(model.hop_length)
         self.frame_rate = self.sample_rate / self.hop_length
+        self._encoder_convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv1d)]
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu") -> DacCodec:
@@ -60,22 +68,43 @@ class DacCodec:
 
     @torch.no_grad()
     def encode(self, waves: list[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
+        """waves: list of [S_i] mono waveforms at `sample_rate` -> list of codes [C, ceil(S_i' / hop)] (int64), where
+        S_i' is the length at the codec's rate; an empty waveform gives one frame."""
         if not waves:
             return []
         waves = [resample(w.float(), sample_rate, self.sample_rate) for w in waves]
-        lengths = [w.numel() for w in waves]
-        longest = max(lengths)
-        batch = torch.zeros(len(waves), 1, longest)
+        frames = [max(1, -(-w.numel() // self.hop_length)) for w in waves]
+        batch = torch.zeros(len(waves), 1, max(frames) * self.hop_length)
         for i, w in enumerate(waves):
             batch[i, 0, : w.numel()] = w
-        batch = self.model.preprocess(batch.to(self.device), self.sample_rate)
-        _, codes, *_ = self.model.encode(batch)
-        return [codes[i, :, : max(1, -(-n // self.hop_length))].long().cpu() for i, n in enumerate(lengths)]
+        batch = batch.to(self.device)
+        hooks = []
+        if len(set(frames)) > 1:
+            frames_t = torch.tensor(frames, device=self.device)
+            mask = partial(_zero_past_length, frames=frames_t, total_frames=max(frames))
+            hooks = [conv.register_forward_hook(mask) for conv in self._encoder_convs]
+        try:
+            _, codes, *_ = self.model.encode(batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [codes[i, :, :n].long().cpu() for i, n in enumerate(frames)]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         latents = self.model.quantizer.from_codes(codes.unsqueeze(0).to(self.device))[0]
         return self.model.decode(latents)[0, 0].float().cpu()
+
+
+def _zero_past_length(
+    conv: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, frames: torch.Tensor, total_frames: int
+) -> torch.Tensor:
+    """Forward hook: out [B, D, T] of an encoder conv running at T / total_frames steps per codec frame -> out with
+    row i zeroed from step frames[i] * T / total_frames on (a whole number: T is a multiple of total_frames)."""
+    steps_per_frame = out.shape[-1] // total_frames
+    valid = frames * steps_per_frame
+    keep = torch.arange(out.shape[-1], device=out.device)[None, :] < valid[:, None]
+    return out * keep[:, None, :].to(out.dtype)
 
 
 def tiny_dac(seed: int = 0, num_codebooks: int = 4, codebook_size: int = 256) -> torch.nn.Module:

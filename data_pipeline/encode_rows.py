@@ -1,9 +1,9 @@
 """Manifest rows -> validated, codec-encoded rows: the one path shared by offline `prepare` and the in-memory dataset.
 
 Every row ends up either as an `EncodedRow` or as a `Reject` naming the row and the reason. Each distinct audio file
-is checked once per role (a file may be one row's reference and another's target, with different duration limits)
-and encoded once. Files are encoded in length order, so a batch holds utterances of similar length: DAC pads less,
-and the Higgs codec, which batches only equal padded lengths, finds more of them per forward.
+is decoded and encoded once, and checked against the duration limits of each role it plays (a file may be one row's
+reference and another's target). Files are encoded in length order, so a batch holds utterances of similar length:
+DAC computes less padding, and the Higgs codec, which batches only equal padded lengths, finds more of them per forward.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from data_pipeline.codecs import Codec
 from data_pipeline.layout import WHISPER_SAMPLE_RATE
 from data_pipeline.manifest import ManifestRow, Reject
 from data_pipeline.shards import EncodedRow
-from data_pipeline.validation import Limits, RowError, check_codes, check_text, load_checked_audio
+from data_pipeline.validation import (
+    Limits,
+    RowError,
+    check_codes,
+    check_duration,
+    check_text,
+    load_checked_audio,
+)
 
 AudioKey = tuple[Path, str]  # (file, "reference" | "target" | "" for the file itself)
 
@@ -52,6 +59,23 @@ def encode_by_length(
     return codes
 
 
+def _load_for_role(
+    key: AudioKey, limits: Limits, decoded: dict[Path, tuple[torch.Tensor, int]]
+) -> tuple[torch.Tensor, int] | RowError:
+    """The checked (mono [S], sample rate) of file key[0] in role key[1], or the RowError saying why not. A file
+    already decoded for the other role is only checked against this role's duration limits, not decoded again."""
+    path, role = key
+    try:
+        if path in decoded:
+            wave, sr = decoded[path]
+            check_duration(path, wave.numel() / sr, limits, role)
+            return wave, sr
+        decoded[path] = load_checked_audio(path, limits, role)
+        return decoded[path]
+    except RowError as err:
+        return err
+
+
 def encode_rows(
     rows: list[ManifestRow],
     codec: Codec,
@@ -64,6 +88,7 @@ def encode_rows(
     defaults to `default_encode_batch(codec.device)`."""
     rejects: list[Reject] = []
     waves: dict[AudioKey, tuple[torch.Tensor, int] | RowError] = {}
+    decoded: dict[Path, tuple[torch.Tensor, int]] = {}  # files that passed every role-independent check
     good: list[tuple[ManifestRow, str, str]] = []
     for row in rows:
         try:
@@ -71,10 +96,7 @@ def encode_rows(
             text = check_text(row.text, "text", limits)
             for key in ((row.ref_audio, "reference"), (row.audio, "target")):
                 if key not in waves:
-                    try:
-                        waves[key] = load_checked_audio(key[0], limits, key[1])
-                    except RowError as err:
-                        waves[key] = err
+                    waves[key] = _load_for_role(key, limits, decoded)
                 if isinstance(waves[key], RowError):
                     raise waves[key]
             good.append((row, ref_text, text))

@@ -104,7 +104,7 @@ def load_checked_audio(
     `role` ("reference" or "target") selects the duration limits. With `target_sr` the waveform is resampled and
     `target_sr` is returned. Any problem with the file raises RowError.
     """
-    min_s, max_s = limits.duration_range(role)  # a bad role is a caller bug: let its ValueError through
+    limits.duration_range(role)  # a bad role is a caller bug: let its ValueError through
     path = Path(path)
     if path.is_dir():
         raise RowError(f"{path}: is a directory, not an audio file")
@@ -123,11 +123,7 @@ def load_checked_audio(
 
     if wave.numel() == 0:
         raise RowError(f"{path}: zero-length audio")
-    seconds = wave.numel() / sr
-    if seconds < min_s:
-        raise RowError(f"{path}: {role} audio is {seconds:.2f} s, shorter than the minimum {min_s:.2f} s")
-    if seconds > max_s:
-        raise RowError(f"{path}: {role} audio is {seconds:.2f} s, longer than the maximum {max_s:.2f} s")
+    check_duration(path, wave.numel() / sr, limits, role)
 
     # float64 so that long, quiet files do not lose the tiny squares to rounding.
     rms = float(wave.double().square().mean().sqrt())
@@ -142,6 +138,15 @@ def load_checked_audio(
             raise RowError(f"{path}: cannot resample from {sr} Hz to {target_sr} Hz ({err})") from err
         sr = target_sr
     return wave.to(torch.float32).contiguous(), sr
+
+
+def check_duration(path: str | Path, seconds: float, limits: Limits, role: str) -> None:
+    """Raise RowError if `seconds` of audio is outside the duration limits of `role` ("reference" or "target")."""
+    min_s, max_s = limits.duration_range(role)
+    if seconds < min_s:
+        raise RowError(f"{path}: {role} audio is {seconds:.2f} s, shorter than the minimum {min_s:.2f} s")
+    if seconds > max_s:
+        raise RowError(f"{path}: {role} audio is {seconds:.2f} s, longer than the maximum {max_s:.2f} s")
 
 
 def check_codes(codes: torch.Tensor, codebook_size: int, num_codebooks: int, what: str) -> None:

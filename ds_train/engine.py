@@ -9,7 +9,7 @@ import random
 import resource
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import deepspeed
@@ -24,7 +24,7 @@ from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
 from data_pipeline.prepare import DATASET_FILE
 from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.sampler import ResumableBatchSampler
+from data_pipeline.sampler import DataPosition, ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
 from ds_train import checkpointing
@@ -132,6 +132,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
         self._monitor_state: dict | None = None  # monitor counters restored from a checkpoint
+        self._data_position: dict | None = None  # the sampler position restored from a checkpoint
         self.rows_seen = 0  # rows fetched by this rank, and how many of them failed to load
         self.bad_samples = 0
 
@@ -170,6 +171,8 @@ class Trainer:
         self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, t.min_lr)
         self.sampler = build_sampler(cfg, self.dataset, self.rank, self.world_size)
         self.sampler.consumed = self.micro_batches
+        if self._data_position is not None:
+            self.sampler.resume_at(DataPosition(**self._data_position))
         workers = cfg.data.num_workers
         self.loader = DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=self.collator, num_workers=workers,
@@ -200,6 +203,7 @@ class Trainer:
         states = client["rng"]
         _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
         self._monitor_state = client.get("monitor")
+        self._data_position = client.get("data_position")  # absent in older checkpoints: same rank count assumed
         log.info("resumed from %s at step %d", load_path, self.engine.global_steps)
 
     @property
@@ -335,6 +339,8 @@ class Trainer:
         dist.all_gather_object(states, _rng_state())
         client = {
             "micro_batches": self.micro_batches,
+            # epoch and global position, so a resume on another rank count continues the interrupted epoch
+            "data_position": asdict(self.sampler.position(self.micro_batches)),
             "rng": states,
             "run_config": self.cfg.to_dict(),
             "monitor": self.monitor.state_dict(),

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
+from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import AudioGeometry, LayoutBuilder
 from data_pipeline.manifest import read_manifest
-from data_pipeline.sampler import ResumableBatchSampler
+from data_pipeline.sampler import PositionalBatchSampler, ResumableBatchSampler
 from data_pipeline.text_tokens import build_tiny_tokenizer
 
 
@@ -76,3 +78,46 @@ def test_sampler_is_deterministic_disjoint_and_resumable() -> None:
     it2 = iter(resumed)
     assert [next(it2) for _ in range(4)] == first[5:]
     assert torch.tensor(first[0]).unique().numel() == 4
+
+
+def _make_sampler(kind: str, rank: int, world_size: int) -> PositionalBatchSampler:
+    if kind == "fixed":
+        return ResumableBatchSampler(97, 3, rank=rank, world_size=world_size, seed=5)
+    lengths = [50 + (i * 37) % 400 for i in range(300)]
+    return TokenBudgetBatchSampler(lengths, 1200, rank=rank, world_size=world_size, seed=5, bucket_batches=4)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "token_budget"])
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (4, 1), (3, 3)])
+def test_resume_on_another_rank_count_continues_the_epoch(kind: str, before: int, after: int) -> None:
+    """`before` ranks stop half way through epoch 1; `after` ranks resume from the saved position. Together they take
+    each global micro-batch of epoch 1 at most once and skip fewer than `after` of its last ones; from epoch 2 on the
+    resumed ranks take what a run on `after` ranks from the start would."""
+    old = [_make_sampler(kind, r, before) for r in range(before)]
+    per_epoch_old = old[0].batches_per_epoch
+    done = per_epoch_old + per_epoch_old // 2
+    for sampler in old:
+        sampler.consumed = done
+    saved = old[1 % before].state_dict()
+    assert saved == old[0].state_dict()  # the position does not depend on the rank that saves it
+    taken = [tuple(s.batch_at(k)) for s in old for k in range(per_epoch_old, done)]
+
+    new = [_make_sampler(kind, r, after) for r in range(after)]
+    for sampler in new:
+        sampler.load_state_dict(saved)
+    per_epoch_new = new[0].batches_per_epoch
+    while new[0].position(new[0].consumed).epoch == 1:
+        taken += [tuple(next(iter(s))) for s in new]
+    epoch1 = [tuple(new[0].global_batch(1, p)) for p in range(per_epoch_new * after)]
+    assert len(taken) == len(set(taken)) and set(taken) <= set(epoch1)
+    assert len(epoch1) - len(taken) < after
+    # From epoch 2 on: what a run on `after` ranks from the start takes.
+    fresh = _make_sampler(kind, 0, after)
+    assert [new[0].batch_at(new[0].consumed + k) for k in range(per_epoch_new)] == [
+        fresh.batch_at(2 * per_epoch_new + k) for k in range(per_epoch_new)
+    ]
+    # The same rank count continues exactly as if never interrupted.
+    if before == after:
+        assert [new[0].batch_at(done + k) for k in range(2 * per_epoch_new)] == [
+            old[0].batch_at(done + k) for k in range(2 * per_epoch_new)
+        ]

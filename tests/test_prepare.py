@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import data_pipeline.encode_rows as encode_rows_module
 from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.encode_rows import encode_rows
@@ -158,12 +159,12 @@ def test_shard_rows_are_read_one_row_group_at_a_time(manifest_with_bad_rows, ass
 
 def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, assets, codec, tmp_path: Path) -> None:
     """The bare-manifest path runs the same checks and encoding as `prepare`: same rejects, same examples."""
-    # One shard and the same batch size: both paths make the same codec calls (DAC codes depend on the batch).
-    prepare(PrepareConfig(str(manifest_with_bad_rows), "dac", str(assets.codec_file), str(tmp_path / "prep"), 100,
+    # Different shards and codec batch sizes on purpose: batched DAC codes equal one-at-a-time codes.
+    prepare(PrepareConfig(str(manifest_with_bad_rows), "dac", str(assets.codec_file), str(tmp_path / "prep"), 10,
                           encode_batch=16), show_progress=False)  # fmt: skip
     layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(codec.num_codebooks, codec.codebook_size))
     prepared = PreparedDataset(tmp_path / "prep", layout)
-    in_memory = EncodedVoiceCloningDataset(manifest_with_bad_rows, codec, layout, encode_batch_size=16,
+    in_memory = EncodedVoiceCloningDataset(manifest_with_bad_rows, codec, layout, encode_batch_size=3,
                                            show_progress=False)  # fmt: skip
     assert [(r.line, r.id, r.reason) for r in in_memory.rejects] == sorted(
         (r.line, r.id, r.reason) for r in prepared.rejects
@@ -182,6 +183,31 @@ def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, asse
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.audio_frames, b.audio_frames)
         # prepared shards store the 16 kHz reference as int16 PCM
         assert torch.allclose(a.whisper_chunks[0], b.whisper_chunks[0], atol=1 / 16384)
+
+
+def test_a_file_in_both_roles_is_decoded_once_and_checked_per_role(assets, codec, tmp_path, monkeypatch) -> None:
+    """0.8 s is a valid target (min 0.5 s) but too short for a reference (min 1 s): the row using it as a target is
+    kept, the one using it as a reference is rejected, and the file is decoded once for both."""
+    base = assets.manifest.parent
+    good = [json.loads(line) for line in assets.manifest.read_text().splitlines()][0]
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(0.8 * SR)) / SR)
+    sf.write(str(tmp_path / "short.wav"), tone.astype(np.float32), SR)
+    lines = [
+        {**good, "id": "as_target", "ref_audio": str(base / good["ref_audio"]), "audio": "short.wav"},
+        {**good, "id": "as_reference", "ref_audio": "short.wav", "audio": str(base / good["audio"])},
+    ]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rows, _ = read_manifest(tmp_path / "m.jsonl")
+    decoded: list[Path] = []
+    real_load = encode_rows_module.load_checked_audio
+    monkeypatch.setattr(encode_rows_module, "load_checked_audio",
+                        lambda path, *a, **kw: decoded.append(path) or real_load(path, *a, **kw))  # fmt: skip
+    encoded, rejects = encode_rows(rows, codec, Limits(), "m.jsonl")
+    assert [r.id for r in encoded] == ["as_target"]
+    assert [(r.id, r.line) for r in rejects] == [("as_reference", 2)]
+    assert "short.wav: reference audio is 0.80 s, shorter than the minimum 1.00 s" in rejects[0].reason
+    # short.wav and the first row's reference; the second row is rejected before its target is loaded.
+    assert sorted(p.name for p in decoded) == sorted(["short.wav", Path(good["ref_audio"]).name])
 
 
 def _realistic_lengths(n: int, seed: int = 0) -> list[int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipeline.sampler import DataPosition
 from ds_train.build import build_model
 from ds_train.config import ConfigError, RunConfig
 from ds_train.engine import Trainer, train
@@ -99,6 +100,9 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
     )
     trainer = Trainer(cfg, resume=True).setup()
     assert trainer.step == 6 and trainer.world_size == 1
+    # 2 ranks x 6 micro-batches of 4 = two whole epochs of the 24 examples: 1 rank goes on with epoch 2 (counting
+    # its own 6 micro-batches as one epoch of 6 would replay epoch 1).
+    assert trainer.sampler.position(trainer.micro_batches) == DataPosition(epoch=2, offset=0, consumed=6)
     stats = trainer.train_step()
     assert stats.step == 7 and stats.values["train/loss"] < full[1]
 
