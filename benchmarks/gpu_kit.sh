@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wheels for a GPU machine with no network that already has PyTorch (a CUDA + PyTorch image: torch, torchaudio,
-# numpy, tokenizers, huggingface_hub, safetensors, peft, pyarrow, tensorboard, pyyaml, tqdm, scipy, typer ...): the packages
+# numpy, tokenizers, huggingface_hub, safetensors, pyarrow, tensorboard, pyyaml, tqdm, scipy, typer ...): the packages
 # our code needs on top, at the versions requirements.txt pins, for the target's Python.
 #
 #   bash benchmarks/gpu_kit.sh [WHEEL_DIR=.whl] [PYTHON_VERSION=3.12]
@@ -26,7 +26,7 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver
     "${platforms[@]}" --platform manylinux2014_x86_64 -d "$dest" "${binary[@]}"
 # Pure-Python packages: a published wheel, or one built here from the source archive (argbind, DeepSpeed). DeepSpeed
 # builds without its C++/CUDA ops, which it JIT-compiles when used.
-pure=("$(pin transformers)" "$(pin descript-audio-codec)" "$(pin deepspeed)")
+pure=("$(pin transformers)" "$(pin peft)" "$(pin descript-audio-codec)" "$(pin deepspeed)")
 for dist in pydantic annotated-types typing-inspection hjson descript-audiotools argbind docstring_parser julius \
     ffmpy flatten-dict randomname importlib_resources pycparser; do
     pure+=("$(installed "$dist")")

@@ -2,12 +2,16 @@
 # The GPU figures of docs/BENCHMARKS.md (issue 6), stage by stage; each stage's full log goes to $OUT (or
 # runs/gpu_suite), and its last lines to the terminal.
 #
-#   bash benchmarks/gpu_suite.sh [STAGE ...]     stages: mfu overhead codec (default: all three)
+#   bash benchmarks/gpu_suite.sh [STAGE ...]     stages: mfu offload overhead codec (default: all four)
 #
 #   mfu       MFU and tokens/s of the ~1B preset, ZeRO-2 bf16, 2048 tokens/sample (with and without the large-v3
-#             Whisper tower), then peak memory of the 3b preset under ZeRO-3 + CPU offload
+#             Whisper tower)
+#   offload   peak memory of the 3b preset under ZeRO-3 + CPU offload
 #   overhead  ds_train's step vs a bare DeepSpeed loop, 3b preset, ZeRO-3 + CPU offload
 #   codec     batched vs one-at-a-time encoding: equal lengths, then a 1-20 s mix with the full-size DAC
+#
+# Each program is stopped after STEP_TIMEOUT seconds (default 500, to fit one stage in a 10-minute remote command).
+# The offload stages build DeepSpeed's CPU Adam op on first use: that needs g++, ninja and the Python headers.
 #
 # Uses `python3` (PYTHON=... to change) as it is: on a machine without network, carry the wheels that
 # benchmarks/gpu_kit.sh makes. Without a GPU only the CPU smoke tests of `mfu` and `codec` run.
@@ -18,7 +22,7 @@ out=${OUT:-runs/gpu_suite}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(mfu overhead codec)
+[ ${#stages[@]} -eq 0 ] && stages=(mfu offload overhead codec)
 gpu=$($py -c "import torch; print(int(torch.cuda.is_available()))")
 
 step() {
@@ -26,7 +30,7 @@ step() {
     shift
     echo "=== $name: $*"
     local start=$SECONDS
-    timeout "${STEP_TIMEOUT:-1200}" "$@" >"$out/$name.log" 2>&1
+    timeout "${STEP_TIMEOUT:-500}" "$@" >"$out/$name.log" 2>&1
     echo "--- exit $? after $((SECONDS - start)) s; last lines:"
     grep -v -i -E "warn|^\s*$" "$out/$name.log" | tail -n "${TAIL:-4}"
 }
@@ -48,7 +52,14 @@ for stage in "${stages[@]}"; do
         step mfu_1b $py -m benchmarks.mfu --preset 1b --micro-batch 4 --tokens 2048 --steps 20
         if [ "$gpu" = 1 ]; then
             step mfu_1b_whisper $py -m benchmarks.mfu --preset 1b --micro-batch 4 --tokens 2048 --steps 20 --whisper
+        fi
+        ;;
+    offload)
+        if [ "$gpu" = 1 ]; then
+            $py -c "import os, sysconfig; p = sysconfig.get_paths()['include'] + '/Python.h'; print('Python headers:', p if os.path.exists(p) else 'MISSING (CPU Adam cannot build)')"
             step zero3_offload_3b $py -m benchmarks.mfu --zero3-offload --micro-batch 4 --tokens 2048
+        else
+            echo "=== offload: skipped (the 3b preset needs a GPU)"
         fi
         ;;
     overhead)
@@ -68,7 +79,7 @@ for stage in "${stages[@]}"; do
         fi
         ;;
     *)
-        echo "unknown stage $stage (mfu, overhead, codec)" >&2
+        echo "unknown stage $stage (mfu, offload, overhead, codec)" >&2
         exit 2
         ;;
     esac

@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -84,9 +85,14 @@ def main() -> None:
         return
     results = {}
     for variant in ("transformers_full_logits", "ours"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch),
+        # A fresh process per variant, so each peak is its own; run as a module from the repository root so the
+        # project imports without being installed.
+        cmd = [sys.executable, "-m", "benchmarks.memory", "--variant", variant, "--batch", str(args.batch),
                "--ref-seconds", str(args.ref_seconds), "--target-seconds", str(args.target_seconds)]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent
+        )
+        out = proc.stdout.strip().splitlines()[-1]
         results[variant] = json.loads(out)
     full, ours = results["transformers_full_logits"], results["ours"]
     print(f"batch {full['shape']} tokens, 8 codebooks x 1026, text vocab 128256, text head on, {full['device']}")

@@ -8,6 +8,8 @@ the 24 kHz, 25 frames/s geometry for tests and the demo.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -35,6 +37,24 @@ class Codec(Protocol):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [C, T] -> waveform [S] at `self.sample_rate`."""
         ...
+
+
+@contextmanager
+def full_fp32_precision() -> Iterator[None]:
+    """Plain fp32 (no TF32) convolutions and matmuls, deterministic cuDNN algorithms, inside the block.
+
+    cuDNN runs fp32 convolutions in TF32 by default on Ampere and newer GPUs: inputs rounded to a 10-bit mantissa,
+    enough to move some frames to another nearest codeword. Codes made on a GPU would then differ from CPU codes and
+    from run to run. No effect on a CPU."""
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True, allow_tf32=False
+        ):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 class DacCodec:
@@ -84,7 +104,8 @@ class DacCodec:
             mask = partial(_zero_past_length, frames=frames_t, total_frames=max(frames))
             hooks = [conv.register_forward_hook(mask) for conv in self._encoder_convs]
         try:
-            _, codes, *_ = self.model.encode(batch)
+            with full_fp32_precision():
+                _, codes, *_ = self.model.encode(batch)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -233,7 +254,8 @@ class HiggsCodec:
         codes: list[torch.Tensor] = [torch.empty(0)] * len(waves)
         for members in by_length.values():
             batch = torch.stack([padded[i] for i in members]).unsqueeze(1).to(self.device)
-            out = self.model.encode(batch, return_dict=False)
+            with full_fp32_precision():
+                out = self.model.encode(batch, return_dict=False)
             for row, i in enumerate(members):
                 codes[i] = out[row].long().cpu()
         return codes

@@ -54,11 +54,24 @@ def _synthetic_voice(text: str, speaker: int, sample_rate: int = 22050) -> np.nd
     return (0.3 * wave / (np.abs(wave).max() + 1e-9)).astype(np.float32)
 
 
-def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0) -> Path:
-    """Write wavs and a voice-cloning manifest.jsonl under out_dir (reused if present) -> manifest path."""
+EVAL_MANIFEST = "eval_manifest.jsonl"
+
+
+def _line_count(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.is_file() else -1
+
+
+def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0, eval_speakers: int = 0) -> Path:
+    """Write wavs and a voice-cloning manifest.jsonl under out_dir (reused if present) -> manifest path.
+
+    With `eval_speakers` > 0, that many further speakers go to eval_manifest.jsonl instead: a held-out set of voices
+    the training set never contains (zero-shot cloning)."""
     out_dir = Path(out_dir)
-    manifest = out_dir / "manifest.jsonl"
-    if manifest.is_file() and sum(1 for _ in manifest.open()) == num_speakers * len(SENTENCES):
+    manifest, eval_manifest = out_dir / "manifest.jsonl", out_dir / EVAL_MANIFEST
+    per_speaker = len(SENTENCES)
+    if _line_count(manifest) == num_speakers * per_speaker and (
+        eval_speakers == 0 or _line_count(eval_manifest) == eval_speakers * per_speaker
+    ):
         return manifest
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
     try:
@@ -69,9 +82,10 @@ def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0) 
         use_espeak = False
     if not use_espeak:
         log.warning("eSpeak NG is unavailable: the demo corpus uses clearly synthetic voices instead of speech")
-    voices = speech_synth.demo_voices(num_speakers) if use_espeak else []
+    total = num_speakers + eval_speakers
+    voices = speech_synth.demo_voices(total) if use_espeak else []
     utterances: dict[int, list[tuple[str, str]]] = {}
-    for spk in range(num_speakers):
+    for spk in range(total):
         for idx, text in enumerate(SENTENCES):
             if use_espeak:
                 wave, sr = speech_synth.synthesize(text, voices[spk])
@@ -84,7 +98,7 @@ def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0) 
     rows = []
     for spk, items in utterances.items():
         for idx, (rel, text) in enumerate(items):
-            ref_idx = rng.choice([j for j in range(len(items)) if j != idx])
+            ref_idx = rng.choice([j for j in range(len(items)) if j != idx])  # same speaker, another sentence
             rows.append(
                 {
                     "id": f"spk{spk}_{idx:02d}",
@@ -96,7 +110,10 @@ def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0) 
                     "scene": None if use_espeak else "synthetic voice (eSpeak NG unavailable)",
                 }
             )
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(manifest)
+    split = num_speakers * per_speaker
+    for path, part in ((manifest, rows[:split]), (eval_manifest, rows[split:])):
+        if part:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in part))
+            tmp.replace(path)
     return manifest

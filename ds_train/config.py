@@ -56,6 +56,9 @@ class DataSection:
     max_tokens: int = 0  # > 0: token-budget micro-batches (padded tokens per micro-batch), length-bucketed
     num_workers: int = 1  # DataLoader worker processes (0 = load in the training process)
     max_bad_fraction: float = 0.01  # stop when more than this fraction of rows failed to load (after 100 rows)
+    # Held-out evaluation set (ideally speakers the training set lacks): a manifest or a prepare output, same codec.
+    eval_manifest: str | None = None
+    eval_prepared: str | None = None
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainSection:
     seed: int = 1234
     log_every: int = 10
     save_every: int = 100  # also saves at the last step, and on SIGTERM/SIGINT or the wall-time limit
+    eval_every: int = 100  # evaluate on data.eval_* every N steps and at the last step; 0 = never
     keep_last: int = 3  # checkpoints kept (older ones are deleted); 0 keeps all
     max_wall_minutes: float = 0.0  # save and stop cleanly after this long; 0 = no limit
     activation_checkpointing: bool = False  # recompute decoder-layer (and Whisper) activations in backward
@@ -116,6 +120,9 @@ _PATH_FIELDS = {
     ("model", "tokenizer_path"),
     ("whisper", "path"),
     ("data", "manifest"),
+    ("data", "prepared"),
+    ("data", "eval_manifest"),
+    ("data", "eval_prepared"),
     ("data", "codec_path"),
     ("train", "deepspeed_config"),
 }
@@ -175,6 +182,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
         raise ConfigError(f"whisper.placement must be 'user' or 'system', got {cfg.whisper.placement!r}")
     if cfg.whisper.features_on not in ("auto", "loader", "device"):
         raise ConfigError(f"whisper.features_on must be auto, loader or device, got {cfg.whisper.features_on!r}")
+    if cfg.data.eval_manifest and cfg.data.eval_prepared:
+        raise ConfigError("set data.eval_manifest or data.eval_prepared, not both")
+    if cfg.train.eval_every < 0:
+        raise ConfigError(f"train.eval_every must be >= 0 (0 = never), got {cfg.train.eval_every}")
     return cfg
 
 

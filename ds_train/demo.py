@@ -9,7 +9,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from data_pipeline.codecs import tiny_dac
-from data_pipeline.demo_corpus import make_demo_corpus
+from data_pipeline.demo_corpus import EVAL_MANIFEST, make_demo_corpus
 from ds_train.config import load_run_config
 from ds_train.distributed import init_distributed, native_bf16
 from ds_train.engine import TrainResult, train
@@ -24,7 +24,7 @@ def run_demo(output_dir: str | Path, steps: int, overrides: list[str] | tuple[st
     codec_file = out / "codec" / "tiny_dac.pth"
     if rank == 0:
         log.info("demo: building the corpus in %s", out / "corpus")
-        manifest = make_demo_corpus(out / "corpus")
+        manifest = make_demo_corpus(out / "corpus", eval_speakers=1)
         if not codec_file.is_file():
             codec_file.parent.mkdir(parents=True, exist_ok=True)
             tiny_dac(seed=0).save(str(codec_file))
@@ -40,6 +40,7 @@ def run_demo(output_dir: str | Path, steps: int, overrides: list[str] | tuple[st
         DEMO_CONFIG,
         [
             f"data.manifest={manifest}",
+            f"data.eval_manifest={manifest.parent / EVAL_MANIFEST}",  # a voice the training set lacks
             f"data.codec_path={codec_file}",
             f"train.output_dir={out / 'run'}",
             f"train.max_steps={steps}",

@@ -16,9 +16,10 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from data_pipeline.batching import TokenBudgetBatchSampler
+from data_pipeline.codecs import Codec
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
@@ -29,8 +30,9 @@ from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
 from ds_train import checkpointing
 from ds_train.build import build_codec, build_model, build_tokenizer
-from ds_train.config import RunConfig, resolve_deepspeed_config
+from ds_train.config import ConfigError, RunConfig, resolve_deepspeed_config
 from ds_train.distributed import device_for, init_distributed
+from ds_train.evaluation import Evaluator
 from ds_train.flops import llm_flops_per_token, peak_flops
 from ds_train.grad_norms import part_grad_norms
 from ds_train.metrics import MetricsLogger
@@ -51,6 +53,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> mean loss over ranks and micro-batches
     grad_norms: dict[int, float] = field(default_factory=dict)
     lrs: dict[int, float] = field(default_factory=dict)
+    eval_losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> eval/loss, when evaluated
     stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "wall-time limit" when the run stopped early
 
 
@@ -61,13 +64,18 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on the GPU (e.g. model.lora_dropout) draws from the current device's
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -80,29 +88,52 @@ def features_on_device(cfg: RunConfig) -> bool:
     return where == "device" or (where == "auto" and torch.cuda.is_available())
 
 
-def build_data(cfg: RunConfig, tokenizer, rank: int):
-    """-> (dataset, collator, codec). A prepared dataset (data.prepared) is read from its shards; a bare manifest
-    (data.manifest) is encoded in memory at start-up by every rank, which suits small corpora and the demo."""
-    if cfg.data.prepared and not cfg.data.codec_path:
-        meta = json.loads((Path(cfg.data.prepared) / DATASET_FILE).read_text())
-        cfg.data.codec, cfg.data.codec_path = meta["codec"], meta["codec_path"]
+@dataclass
+class DataParts:
+    dataset: Dataset
+    eval_dataset: Dataset | None  # data.eval_manifest / data.eval_prepared, when set
+    collator: VoiceCloningCollator
+    codec: Codec
+
+
+def _open_dataset(prepared: str | None, manifest: str | None, codec: Codec, layout: LayoutBuilder, rank: int):
+    """A prepared dataset is read from its shards; a bare manifest is encoded in memory at start-up by every rank,
+    which suits small corpora, eval sets and the demo."""
+    if prepared:
+        return PreparedDataset(prepared, layout)
+    return EncodedVoiceCloningDataset(manifest, codec, layout, show_progress=rank == 0)
+
+
+def build_data(cfg: RunConfig, tokenizer, rank: int) -> DataParts:
+    """The training set (data.prepared or data.manifest), the optional eval set, the collator and the codec."""
+    d = cfg.data
+    if d.prepared and not d.codec_path:
+        meta = json.loads((Path(d.prepared) / DATASET_FILE).read_text())
+        d.codec, d.codec_path = meta["codec"], meta["codec_path"]
+    if not d.prepared and not d.manifest:
+        raise ValueError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
     codec = build_codec(cfg)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
     options = LayoutOptions(
         whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head
     )
     layout = LayoutBuilder(tokenizer, geometry, options)
-    if cfg.data.prepared:
-        dataset = PreparedDataset(cfg.data.prepared, layout)
-    elif cfg.data.manifest:
-        dataset = EncodedVoiceCloningDataset(cfg.data.manifest, codec, layout, show_progress=rank == 0)
-    else:
-        raise ValueError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
+    dataset = _open_dataset(d.prepared, d.manifest, codec, layout, rank)
+    eval_dataset = None
+    if d.eval_prepared or d.eval_manifest:
+        if d.eval_prepared:
+            eval_codec = json.loads((Path(d.eval_prepared) / DATASET_FILE).read_text())["codec"]
+            if eval_codec != d.codec:
+                raise ConfigError(
+                    f"data.eval_prepared {d.eval_prepared} was encoded with the {eval_codec!r} codec but training "
+                    f"uses {d.codec!r}: prepare the eval set with the same codec"
+                )
+        eval_dataset = _open_dataset(d.eval_prepared, d.eval_manifest, codec, layout, rank)
     collator = VoiceCloningCollator(
         pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled,
         whisper_on_device=features_on_device(cfg),
     )  # fmt: skip
-    return dataset, collator, codec
+    return DataParts(dataset, eval_dataset, collator, codec)
 
 
 def build_sampler(cfg: RunConfig, dataset, rank: int, world_size: int):
@@ -144,7 +175,9 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.tokenizer = build_tokenizer(cfg)
-        self.dataset, self.collator, self.codec = build_data(cfg, self.tokenizer, self.rank)
+        data = build_data(cfg, self.tokenizer, self.rank)
+        self.dataset, self.eval_dataset = data.dataset, data.eval_dataset
+        self.collator, self.codec = data.collator, data.codec
         self.geometry = self.collator.geometry
         self.log_mel = WhisperLogMel()
         model = build_model(cfg, self.tokenizer, self.geometry)
@@ -189,7 +222,23 @@ class Trainer:
             llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id,
         )  # fmt: skip
         self.peak_flops = peak_flops()
+        self.evaluator = None
+        if self.eval_dataset is not None and t.eval_every > 0:
+            self.evaluator = Evaluator(
+                self.eval_dataset, self.collator, self._prepare_batch, self.geometry.num_codebooks,
+                cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
+            )  # fmt: skip
         return self
+
+    def _prepare_batch(self, batch: dict) -> dict:
+        """A collated batch on the training device, with the Whisper features computed there when they are."""
+        return attach_features(_to_device(batch, self.device), self.log_mel)
+
+    def evaluate(self) -> dict[str, float]:
+        """eval/* scalars over the whole eval set (identical on every rank); needs data.eval_*."""
+        if self.evaluator is None:
+            raise ValueError("no eval set: set data.eval_manifest or data.eval_prepared (and train.eval_every > 0)")
+        return self.evaluator.run(self.engine)
 
     def _load_latest(self) -> None:
         tag = checkpointing.latest_tag(self.ckpt_dir)
@@ -255,7 +304,7 @@ class Trainer:
             data_wait += time.perf_counter() - fetch
             if self._count_bad_samples(batch.pop("bad_samples", []), len(batch.get("sample_ids", ()))):
                 continue  # the whole micro-batch failed to load
-            batch = attach_features(_to_device(batch, self.device), self.log_mel)
+            batch = self._prepare_batch(batch)
             out = engine(**batch)
             self.monitor.observe_batch(batch, out)
             if not self._loss_is_finite(out.loss):
@@ -296,7 +345,9 @@ class Trainer:
         step = engine.global_steps
         self.monitor.end_step(step, engine.module, grad_norm, lr_scheduled, lr)
         if self.world_size > 1:
-            dist.all_reduce(sums)
+            reduced = sums.to(self.device)  # NCCL reduces only CUDA tensors
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
         step_time = time.perf_counter() - started
         n = float(sums[3])
         cb_loss, correct, count = sums[head_size:].view(3, num_codebooks)
@@ -383,6 +434,13 @@ class Trainer:
                     self.metrics.scalars(step, values)
                     if step % t.log_every == 0 or step == 1 or step == t.max_steps:
                         self.metrics.console(step, t.max_steps, values)
+                if self.evaluator is not None and (step % t.eval_every == 0 or step == t.max_steps):
+                    eval_values = self.evaluate()
+                    values.update(eval_values)
+                    result.eval_losses[step] = eval_values["eval/loss"]
+                    if self.rank == 0:
+                        self.metrics.scalars(step, eval_values)
+                        self.metrics.console_eval(step, eval_values)
                 if self.engine.monitor.enabled:
                     # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too
                     self.engine.monitor.write_events([(f"ds_train/{k}", v, step) for k, v in values.items()])

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import torch
 
-# Dense bf16 tensor-core peaks (FLOP/s) of common training GPUs, by a substring of the device name.
-BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+# Dense bf16 tensor-core peaks (FLOP/s) of common training GPUs, by a substring of the device name; the first match
+# wins, so the PCIe and NVL variants come before the SXM H100 ("NVIDIA H100 80GB HBM3").
+BF16_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "4090": 165e12,
+}
 
 
 def llm_flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
@@ -22,8 +32,10 @@ def llm_flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
     return 6.0 * dense + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
+def bf16_peak_for(device_name: str) -> float | None:
+    """Dense bf16 FLOP/s of a GPU by its name, or None when it is not in the table (MFU is then not reported)."""
+    return next((value for key, value in BF16_PEAK_FLOPS.items() if key in device_name), None)
+
+
 def peak_flops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(0)
-    return next((value for key, value in BF16_PEAK_FLOPS.items() if key in name), None)
+    return bf16_peak_for(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None

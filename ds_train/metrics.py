@@ -31,6 +31,12 @@ class MetricsLogger:
         )
         log.info(line)
 
+    def console_eval(self, step: int, values: dict[str, float]) -> None:
+        log.info(
+            "eval  %5d | loss %.4f | audio %.4f | acc %.3f | %d samples in %.1f s", step, values["eval/loss"],
+            values["eval/audio_loss"], values["eval/audio_top1"], values["eval/samples"], values["eval/time_s"],
+        )  # fmt: skip
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.flush()

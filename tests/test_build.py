@@ -12,6 +12,7 @@ from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from ds_train.build import build_model, build_tokenizer
 from ds_train.config import ConfigError, RunConfig
+from ds_train.flops import bf16_peak_for
 from ds_train.info import meta_model
 from ds_train.model import load_whisper_encoder
 from ds_train.presets import parameter_breakdown, whisper_config
@@ -97,3 +98,12 @@ def test_freeze_options_select_parts() -> None:
     cfg.model.freeze = "decoder"
     with pytest.raises(ConfigError, match="unknown parts"):
         build_model(cfg, build_tiny_tokenizer(), GEO)
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+     ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("Tesla T4", None)],
+)  # fmt: skip
+def test_bf16_peak_by_gpu_name(name: str, peak: float | None) -> None:
+    assert bf16_peak_for(name) == peak

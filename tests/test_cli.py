@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,13 +33,19 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     proc = _run([sys.executable, "-m", "ds_train", "demo", "--steps", "12", "--output-dir", str(out)])
     tb = out / "run" / "tensorboard"
     assert f"tensorboard --logdir {tb}" in proc.stdout
-    console = [line for line in proc.stderr.splitlines() if "| loss " in line]
+    console = [line for line in proc.stderr.splitlines() if "/12 | loss " in line]
     assert len(console) == 2 and "step    12/12 | loss" in console[-1]  # step 1 and the last (log_every is 25)
     assert (out / "run" / "checkpoints" / "global_step12").is_dir()
-    assert len(list((out / "corpus" / "wavs").glob("*.wav"))) == 48
+    assert len(list((out / "corpus" / "wavs").glob("*.wav"))) == 60
     scalars = read_scalars(tb)
     assert REQUIRED_SCALARS <= set(scalars)
     assert sorted(scalars["train/loss"]) == list(range(1, 13))
+    # The held-out speaker is evaluated at the last step, and is not in the training manifest.
+    speakers = [{json.loads(line)["speaker"] for line in (out / "corpus" / name).open()}
+                for name in ("manifest.jsonl", "eval_manifest.jsonl")]  # fmt: skip
+    assert speakers == [{"spk0", "spk1", "spk2", "spk3"}, {"spk4"}]
+    assert scalars["eval/samples"] == {12: 12.0}
+    assert any("eval     12 | loss" in line for line in proc.stderr.splitlines())
     assert scalars["train/loss"][12] < scalars["train/loss"][1]
     assert all(v > 0 for v in scalars["train/lr"].values())
 

@@ -17,6 +17,7 @@ from data_pipeline.codecs import (
     DacCodec,
     HiggsCodec,
     _higgs_hop_length,
+    full_fp32_precision,
     load_codec,
     tiny_dac,
     tiny_higgs,
@@ -187,3 +188,25 @@ def test_load_codec_errors(tmp_path: Path) -> None:
         load_codec("dac", tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="unknown codec"):
         load_codec("encodec", tmp_path)
+
+
+def test_encoding_runs_in_full_fp32_precision(backend: Backend) -> None:
+    """TF32 (cuDNN's default for fp32 convolutions on recent GPUs) could change codes; encoding turns it off."""
+    model = backend.codec.model
+    encoder = model.encoder if backend.kind == "dac" else model.acoustic_encoder
+    seen: list[bool] = []
+    hook = encoder.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
+    try:
+        backend.codec.encode([_speechlike(0.5, 24000, seed=3)], 24000)
+    finally:
+        hook.remove()
+    assert seen == [False]
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with full_fp32_precision():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert torch.backends.cudnn.deterministic
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 == before[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before[1]

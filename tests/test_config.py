@@ -12,9 +12,14 @@ from tests.helpers import CONFIGS
 
 
 def test_yaml_paths_are_relative_to_the_yaml_and_overrides_typed(tmp_path: Path) -> None:
-    (tmp_path / "run.yaml").write_text("data:\n  manifest: corpus/m.jsonl\ntrain:\n  deepspeed_config: ds.json\n")
+    (tmp_path / "run.yaml").write_text(
+        "data:\n  manifest: corpus/m.jsonl\n  prepared: prep\n  eval_prepared: ../held_out\n"
+        "train:\n  deepspeed_config: ds.json\n"
+    )
     cfg = load_run_config(tmp_path / "run.yaml", ["train.lr=5e-4", "train.max_steps=7", "whisper.enabled=false"])
     assert cfg.data.manifest == str(tmp_path / "corpus" / "m.jsonl")
+    assert cfg.data.prepared == str(tmp_path / "prep")
+    assert cfg.data.eval_prepared == str(tmp_path.parent / "held_out")
     assert cfg.train.deepspeed_config == str(tmp_path / "ds.json")
     assert cfg.train.lr == 5e-4 and cfg.train.max_steps == 7 and cfg.whisper.enabled is False
 
@@ -27,6 +32,7 @@ def test_yaml_paths_are_relative_to_the_yaml_and_overrides_typed(tmp_path: Path)
         ("train.max_steps=abc", "must be int"),
         ("train.lr", "section.key=value"),
         ("whisper.placement=assistant", "placement"),
+        ("train.eval_every=-1", "eval_every"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

@@ -108,14 +108,18 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
 
 
 def test_torchrun_two_ranks_with_uneven_data(assets, tmp_path: Path) -> None:
-    """24 examples in micro-batches of 5 over 2 ranks do not divide evenly; every rank still stops at step 3."""
+    """24 examples in micro-batches of 5 over 2 ranks do not divide evenly; every rank still stops at step 3, and the
+    evaluation (5 micro-batches over 2 ranks) counts each of the 24 eval examples once without hanging."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = _run([
         torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "ds_train",
         *_train_args(assets, tmp_path), "data.micro_batch_size=5", "train.max_steps=3", "data.num_workers=0",
+        f"data.eval_manifest={assets.manifest}", "train.eval_every=2",
     ])  # fmt: skip
     assert "on 2 rank(s)" in proc.stderr
-    assert sorted(read_scalars(tmp_path / "tensorboard")["train/loss"]) == [1, 2, 3]
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert sorted(scalars["train/loss"]) == [1, 2, 3]
+    assert scalars["eval/samples"] == {2: 24.0, 3: 24.0}
 
 
 def _saved_activation_bytes(model, batch) -> int:

@@ -73,10 +73,13 @@ def test_resume_without_checkpoint_is_a_clear_error(assets, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("ds", ["zero1_bf16.json", "zero3_bf16.json", "zero3_offload_bf16.json"])
 def test_shipped_deepspeed_configs_train(assets, tmp_path: Path, ds: str) -> None:
-    trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=2", ds=ds)).setup()
+    cfg = make_config(assets, tmp_path, "train.max_steps=2", f"data.eval_manifest={assets.manifest}", ds=ds)
+    trainer = Trainer(cfg).setup()
     values = [trainer.train_step().values for _ in range(2)]
     assert all(math.isfinite(v["train/loss"]) and v["train/grad_norm"] > 0 for v in values)
     assert trainer.engine.zero_optimization_stage() == int(ds[4])
+    # Evaluation runs under every stage (ZeRO-3 gathers the partitioned weights for the forward).
+    assert math.isfinite(trainer.evaluate()["eval/loss"])
     # MFU counts the full model even where ZeRO-3 has partitioned the parameters away.
     unpartitioned = build_model(trainer.cfg, trainer.tokenizer, trainer.geometry)
     assert llm_flops_per_token(trainer.engine.module, 100) == llm_flops_per_token(unpartitioned, 100) > 0

@@ -1,0 +1,138 @@
+"""Held-out evaluation: dataset-level audio loss and top-1 accuracy on an eval set, every `train.eval_every` steps.
+
+The metrics are token-weighted over the whole eval set (per codebook: summed cross-entropy / labelled tokens), so they
+do not depend on how the set is cut into micro-batches or shared among ranks. Rank r of W takes global micro-batches
+r, r + W, ...; a rank left without one in the last round re-runs one of its batches without counting it, because
+under ZeRO-3 every forward gathers parameters collectively and all ranks must run the same number of forwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from data_pipeline.layout import IGNORE_INDEX
+
+log = logging.getLogger("ds_train")
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int, max_tokens: int = 0) -> list[list[int]]:
+    """Every example exactly once, in length order (least padding): `batch_size` examples per micro-batch, or with
+    `max_tokens` > 0 as many as fit a padded-token budget (an example longer than the budget gets a batch alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    if max_tokens <= 0:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for index in order:  # ascending lengths: the newcomer is the longest of its batch
+        if batches and lengths[index] * (len(batches[-1]) + 1) <= max_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def rank_share(batches: list[list[int]], rank: int, world_size: int) -> list[tuple[list[int], bool]]:
+    """This rank's (indices, counted) micro-batches. Every rank gets ceil(len(batches) / world_size) of them; the
+    ones past the end repeat an earlier batch with counted=False, so each example is counted exactly once."""
+    if not batches:
+        raise ValueError("the eval set is empty")
+    rounds = -(-len(batches) // world_size)
+    share = []
+    for k in range(rounds):
+        position = k * world_size + rank
+        share.append((batches[position % len(batches)], position < len(batches)))
+    return share
+
+
+class Evaluator:
+    """Runs the engine's forward (no gradients, eval mode) over this rank's share of the eval set.
+
+    `prepare(batch)` moves a collated batch to the device and computes anything computed there (Whisper features)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        collate: Callable[[list], dict],
+        prepare: Callable[[dict], dict],
+        num_codebooks: int,
+        batch_size: int,
+        max_tokens: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ) -> None:
+        self.dataset, self.collate, self.prepare = dataset, collate, prepare
+        self.num_codebooks = num_codebooks
+        self.share = rank_share(eval_batches(dataset.lengths, batch_size, max_tokens), rank, world_size)
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    @torch.no_grad()
+    def run(self, engine: torch.nn.Module) -> dict[str, float]:
+        """-> eval/* scalars, identical on every rank."""
+        started = time.perf_counter()
+        was_training = engine.training
+        engine.eval()
+        c = self.num_codebooks
+        # samples, bad samples, text CE sum, text tokens; then per codebook: CE sum, correct, count
+        sums = torch.zeros(4 + 3 * c, dtype=torch.float64)
+        fallback: dict | None = None
+        owed = 0
+        try:
+            for indices, counted in self.share:
+                batch = self.collate([self.dataset[i] for i in indices])
+                bad = batch.pop("bad_samples", [])
+                if counted:
+                    sums[1] += len(bad)
+                    for sample in bad:
+                        log.warning("eval: skipped sample %s: %s", sample.sample_id, sample.reason)
+                if batch.get("empty"):
+                    owed += 1  # the forward still has to happen (ZeRO-3), on a batch that loads
+                    continue
+                batch = self.prepare(batch)
+                fallback = fallback or batch
+                self._forward(engine, batch, sums if counted else None)
+            if owed and fallback is None:
+                raise RuntimeError(f"eval: every eval micro-batch of rank {self.rank} failed to load")
+            for _ in range(owed):
+                self._forward(engine, fallback, None)
+        finally:
+            engine.train(was_training)
+        if self.world_size > 1:
+            reduced = sums.to(self.device)
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
+        ce, correct, count = sums[4:].view(3, c)
+        codebook_loss = ce / count.clamp(min=1)
+        values = {
+            "eval/audio_loss": float(codebook_loss.sum()),
+            "eval/audio_top1": float(correct.sum() / count.sum().clamp(min=1)),
+            "eval/samples": float(sums[0]),
+            "eval/bad_samples": float(sums[1]),
+            "eval/time_s": time.perf_counter() - started,
+        }
+        values["eval/loss"] = values["eval/audio_loss"]
+        if sums[3] > 0:
+            values["eval/text_loss"] = float(sums[2] / sums[3])
+            values["eval/loss"] += values["eval/text_loss"]
+        for k in range(c):
+            values[f"eval_codebook_loss/{k}"] = float(codebook_loss[k])
+            values[f"eval_codebook_top1/{k}"] = float(correct[k] / count[k].clamp(min=1))
+        return values
+
+    def _forward(self, engine: torch.nn.Module, batch: dict, sums: torch.Tensor | None) -> None:
+        out = engine(**batch)
+        if sums is None:
+            return
+        sums[0] += len(batch["sample_ids"])
+        if out.text_loss is not None:
+            text_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            sums[2] += float(out.text_loss) * text_tokens
+            sums[3] += text_tokens
+        count = out.codebook_count.double().cpu()
+        per_codebook = [out.codebook_losses.double().cpu() * count, out.codebook_correct.double().cpu(), count]
+        sums[4:] += torch.cat(per_codebook)

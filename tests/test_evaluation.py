@@ -1,0 +1,82 @@
+"""Held-out evaluation: batch/rank splitting, batching-independent metrics, no side effects, and the training loop's
+eval/* scalars."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ds_train.config import ConfigError, load_run_config
+from ds_train.engine import Trainer, train
+from ds_train.evaluation import Evaluator, eval_batches, rank_share
+from tests.helpers import make_config
+from tests.test_training import read_scalars
+
+LENGTHS = [37, 5, 90, 12, 12, 60, 33, 71, 8, 45, 29, 100, 64]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5, 20])
+@pytest.mark.parametrize(("batch_size", "max_tokens"), [(4, 0), (1, 0), (0, 150)])
+def test_every_example_is_counted_exactly_once_and_ranks_run_equal_forwards(
+    world_size: int, batch_size: int, max_tokens: int
+) -> None:
+    batches = eval_batches(LENGTHS, batch_size, max_tokens)
+    if max_tokens:
+        assert all(max(LENGTHS[i] for i in b) * len(b) <= max_tokens for b in batches)
+    shares = [rank_share(batches, r, world_size) for r in range(world_size)]
+    assert len({len(s) for s in shares}) == 1  # same number of forwards on every rank (ZeRO-3 gathers collectively)
+    counted = sorted(i for s in shares for indices, counted in s if counted for i in indices)
+    assert counted == list(range(len(LENGTHS)))
+
+
+def test_an_empty_eval_set_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        rank_share([], 0, 1)
+
+
+def test_eval_metrics_do_not_depend_on_batching_and_leave_the_model_alone(assets, tmp_path: Path) -> None:
+    trainer = Trainer(make_config(assets, tmp_path, f"data.eval_manifest={assets.manifest}")).setup()
+    trainer.train_step()
+    module = trainer.engine.module
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    results = []
+    for batch_size, max_tokens in [(4, 0), (1, 0), (7, 0), (4, 3000)]:
+        trainer.evaluator = Evaluator(
+            trainer.eval_dataset, trainer.collator, trainer._prepare_batch, trainer.geometry.num_codebooks,
+            batch_size, max_tokens, trainer.rank, trainer.world_size, trainer.device,
+        )  # fmt: skip
+        results.append(trainer.evaluate())
+    first = results[0]
+    assert first["eval/samples"] == len(trainer.eval_dataset) == 24 and first["eval/bad_samples"] == 0
+    assert math.isfinite(first["eval/loss"]) and 0 < first["eval/audio_top1"] <= 1
+    assert first["eval/loss"] == pytest.approx(sum(first[f"eval_codebook_loss/{k}"] for k in range(4)))
+    for other in results[1:]:  # token-weighted over the whole set: the same whatever the micro-batches
+        for key in ("eval/loss", "eval/audio_top1", "eval_codebook_loss/0", "eval_codebook_top1/3"):
+            assert other[key] == pytest.approx(first[key], rel=1e-5, abs=1e-6), key
+    assert trainer.engine.training  # back in training mode, weights untouched
+    assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())
+    assert math.isfinite(trainer.train_step().values["train/loss"])
+
+
+def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets, tmp_path: Path) -> None:
+    result = train(make_config(
+        assets, tmp_path, f"data.eval_manifest={assets.manifest}", "train.eval_every=2", "train.max_steps=3",
+    ))  # fmt: skip
+    assert sorted(result.eval_losses) == [2, 3]
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert sorted(scalars["eval/loss"]) == [2, 3] and sorted(scalars["eval_codebook_top1/0"]) == [2, 3]
+    assert scalars["eval/samples"][3] == 24
+    assert scalars["eval/loss"][3] == pytest.approx(result.eval_losses[3])
+    assert "train/loss" in scalars and sorted(scalars["train/loss"]) == [1, 2, 3]
+
+
+def test_eval_config_errors(assets, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        load_run_config(None, ["data.eval_manifest=a.jsonl", "data.eval_prepared=b"])
+    trainer = Trainer(make_config(assets, tmp_path)).setup()
+    assert trainer.evaluator is None
+    with pytest.raises(ValueError, match="no eval set"):
+        trainer.evaluate()
