@@ -102,6 +102,10 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
         Check("data", len(trainer.dataset) > 0,
               f"{len(trainer.dataset)} examples, {len(trainer.dataset.rejects)} rejected rows"),
     ]  # fmt: skip
+    held_out = trainer.eval_dataset
+    if held_out is not None:
+        detail = f"{len(held_out)} examples, {len(held_out.rejects)} rejected rows"
+        checks.append(Check("eval data", len(held_out) > 0, detail))
     batch = next(iter(trainer.loader))
     batch = attach_features(_to_device(batch, trainer.device), trainer.log_mel)
     feats = batch.get("whisper_input_features")
@@ -129,6 +133,14 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
     ]  # fmt: skip
     for check, ok, detail in rows:
         checks.append(Check(HEALTH_CHECK_NAMES[check], ok and check not in found, found.get(check, detail)))
+    if trainer.evaluator is not None:
+        try:
+            ev = trainer.evaluate()
+            checks.append(Check("evaluation", math.isfinite(ev["eval/loss"]) and ev["eval/samples"] > 0,
+                                f"eval loss {ev['eval/loss']:.4f}, top-1 {ev['eval/audio_top1']:.3f}, "
+                                f"{ev['eval/samples']:.0f} samples in {ev['eval/time_s']:.1f} s"))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
+            checks.append(Check("evaluation", False, f"{type(err).__name__}: {err}"))
     garbage = torch.tensor([-100, -1, 10**12, len(trainer.tokenizer), 0])
     try:
         safe_decode_text(trainer.tokenizer, batch["input_ids"][0])

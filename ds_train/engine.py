@@ -37,6 +37,7 @@ from ds_train.flops import llm_flops_per_token, peak_flops
 from ds_train.grad_norms import part_grad_norms
 from ds_train.metrics import MetricsLogger
 from ds_train.monitor import HealthError, HealthMonitor, apply_lr_floor
+from ds_train.preflight import check_cpu_adam
 from ds_train.sample_logger import SampleLogger
 from ds_train.schedule import warmup_cosine
 
@@ -170,6 +171,8 @@ class Trainer:
     def setup(self) -> Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.rank, self.local_rank, self.world_size = init_distributed()
+        self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
+        check_cpu_adam(self.ds_config, t.deepspeed_config)
         seed_everything(t.seed)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +191,6 @@ class Trainer:
                 f"[health:grad_norm] every parameter is frozen (model.freeze={cfg.model.freeze!r}, "
                 f"whisper.trainable={cfg.whisper.trainable}): nothing can learn, the grad norm would be 0"
             )
-        self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,8 +22,11 @@ def test_doctor_cli_passes_on_a_healthy_config(assets, tmp_path: Path) -> None:
         sys.executable, "-m", "ds_train", "doctor", "--config", str(CONFIGS / "demo.yaml"),
         f"data.manifest={assets.manifest}", f"data.codec_path={assets.codec_file}", "data.micro_batch_size=4",
         "whisper.features_on=device",  # what a GPU run does: features computed after the batch is moved
+        f"data.eval_manifest={assets.manifest}",
     ])  # fmt: skip
     assert "all checks passed" in proc.stdout
+    assert "PASS  eval data" in proc.stdout and "24 examples, 0 rejected rows" in proc.stdout
+    assert re.search(r"PASS  evaluation\s.*eval loss \d+\.\d+, top-1 [\d.]+, 24 samples", proc.stdout)
     assert "features (4, 128, 3000)" in proc.stdout
     for name in HEALTH_CHECK_NAMES.values():
         assert f"PASS  {name}" in proc.stdout

@@ -1,0 +1,41 @@
+"""Pre-flight machine checks: with the optimizer offloaded, CPU Adam needs a compiler, ninja and Python headers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ds_train.config import ConfigError
+from ds_train.distributed import init_distributed
+from ds_train.engine import Trainer
+from ds_train.preflight import missing_build_tools, uses_cpu_adam
+from tests.helpers import CONFIGS, make_config
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("zero3_offload_bf16.json", True), ("zero3_bf16.json", False), ("zero2_bf16.json", False),
+     ("zero2_fp32.json", False)],
+)  # fmt: skip
+def test_only_the_offload_config_uses_cpu_adam(name: str, expected: bool) -> None:
+    ds = json.loads((CONFIGS / name).read_text())
+    assert uses_cpu_adam(ds) is expected
+    if expected:  # PyTorch's AdamW instead: nothing to build
+        ds["optimizer"]["params"]["torch_adam"] = True
+        assert not uses_cpu_adam(ds)
+
+
+def test_missing_build_tools_are_named(tmp_path: Path) -> None:
+    assert missing_build_tools() == []  # this machine builds CPU Adam (the offload config trains in the tests)
+    missing = missing_build_tools(search_path=str(tmp_path), include_dir=str(tmp_path))
+    assert len(missing) == 3 and "C++ compiler" in missing[0] and "ninja" in missing[1] and "Python.h" in missing[2]
+
+
+def test_offload_without_build_tools_fails_before_building_anything(assets, tmp_path, monkeypatch) -> None:
+    init_distributed()  # loads DeepSpeed's CPU comm op (which needs ninja here) before PATH is emptied
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no compiler and no ninja on this PATH
+    with pytest.raises(ConfigError, match=r"(?s)zero3_offload_bf16.json offloads the optimizer.*ninja.*torch_adam"):
+        Trainer(make_config(assets, tmp_path / "run", ds="zero3_offload_bf16.json")).setup()
+    assert not (tmp_path / "run").exists()  # stopped before the output folder, data or model
