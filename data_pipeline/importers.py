@@ -3,10 +3,13 @@
 python -m data_pipeline.importers chatml INPUT.json --out manifest.jsonl [--rejects rejects.jsonl] [--no-check-audio]
 python -m data_pipeline.importers pairs CORPUS --out manifest.jsonl [--seed 0] [--min-ref-seconds 3]
                                   [--max-ref-seconds 15] [--rejects rejects.jsonl]
+python -m data_pipeline.importers split manifest.jsonl --eval-speakers N | --eval-fraction F [--seed 0]
+                                  --out train.jsonl --eval-out eval.jsonl [--rejects rejects.jsonl]
 
 `chatml` reads the ChatML JSON list used by Higgs Audio fine-tuning scripts; `pairs` reads an `audio|text|speaker`
 metadata file (or a folder holding `metadata.csv` / `metadata.txt`) and pairs every utterance with another utterance of
-the same speaker as its voice reference.
+the same speaker as its voice reference; `split` holds out whole speakers of a manifest as an eval manifest
+(`data.eval_manifest`), so the evaluation measures cloning of voices the model never trained on.
 
 Path convention: an audio path given as absolute in the input stays absolute; a relative one (resolved against the
 input file's folder) is written relative to the output manifest's folder, so a corpus and its manifest can be moved
@@ -28,7 +31,7 @@ from typing import Any
 
 import soundfile as sf
 
-from data_pipeline.manifest import Reject
+from data_pipeline.manifest import Reject, json_objects
 
 SYSTEM_PREFIX = "Generate audio following instruction."
 SCENE_MARKERS = ("<|scene_desc_start|>", "<|scene_desc_end|>")
@@ -410,6 +413,79 @@ def pair_corpus(
     return ImportResult([rows_by_line[k] for k in sorted(rows_by_line)], rejects)
 
 
+# ---------------------------------------------------------------------------------------------------- split
+
+
+@dataclass
+class SplitResult:
+    train: ImportResult
+    eval: ImportResult
+    eval_speakers: list[str]
+
+    def summary(self) -> str:
+        no_speaker = sum(1 for r in self.train.rows if not r.get("speaker"))
+        speakers = len({r["speaker"] for r in self.train.rows if r.get("speaker")})
+        return (
+            f"train {len(self.train.rows)} rows ({speakers} speakers, {no_speaker} rows without one), "
+            f"eval {len(self.eval.rows)} rows ({len(self.eval_speakers)} held-out speakers: "
+            f"{', '.join(self.eval_speakers)}), rejected {len(self.train.rejects)}"
+        )
+
+
+def split_by_speaker(
+    manifest: str | Path,
+    train_dir: str | Path,
+    eval_dir: str | Path,
+    eval_speakers: int = 0,
+    eval_fraction: float = 0.0,
+    seed: int = 0,
+) -> SplitResult:
+    """Hold out whole speakers for evaluation (zero-shot: the model never trains on their voices).
+
+    `eval_speakers` speakers, or else the fewest speakers holding at least `eval_fraction` of the rows, drawn in a
+    seeded order of the sorted speaker names, go to the eval set. Rows without a speaker stay in training. Unparsable
+    lines become rejects (in `train.rejects`); relative audio paths are rewritten for each output's folder.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise InputError(f"{manifest}: file not found")
+    if (eval_speakers > 0) == (eval_fraction > 0):
+        raise ValueError("give exactly one of eval_speakers > 0 or 0 < eval_fraction < 1")
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    parsed = [obj for _, obj in json_objects(manifest, encoding="utf-8-sig")]
+    rows = [obj for obj in parsed if not isinstance(obj, Reject)]
+    rejects = [obj for obj in parsed if isinstance(obj, Reject)]
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.get("speaker"):
+            counts[str(row["speaker"])] = counts.get(str(row["speaker"]), 0) + 1
+    order = sorted(counts)
+    random.Random(f"split\x00{seed}").shuffle(order)
+    if eval_speakers:
+        held = order[:eval_speakers]
+    else:
+        held, total = [], 0
+        while total < eval_fraction * len(rows) and len(held) < len(order):
+            held.append(order[len(held)])
+            total += counts[held[-1]]
+    if not held or len(held) >= len(order):
+        raise ValueError(
+            f"{manifest}: {len(order)} speakers; holding out {len(held)} would leave "
+            f"{'no eval set' if not held else 'no training speaker'}"
+        )
+    held_set = set(held)
+    train, evaluation = ImportResult(rejects=rejects), ImportResult()
+    for row in rows:
+        part, folder = (evaluation, eval_dir) if str(row.get("speaker") or "") in held_set else (train, train_dir)
+        moved = dict(row)
+        for key in ("ref_audio", "audio"):
+            if isinstance(moved.get(key), str):
+                moved[key] = _manifest_path(moved[key], manifest.parent, Path(folder))[0]
+        part.rows.append(moved)
+    return SplitResult(train, evaluation, sorted(held))
+
+
 # ---------------------------------------------------------------------------------------------------- writing / CLI
 
 
@@ -449,8 +525,10 @@ def import_pairs(
     return result
 
 
-def _report(result: ImportResult, rejects_path: str | None, position_key: str, shown: int = 20) -> None:
-    print(result.summary())
+def _report(
+    result: ImportResult, rejects_path: str | None, position_key: str, summary: str | None = None, shown: int = 20
+) -> None:
+    print(summary or result.summary())
     if result.rejects and rejects_path is None:
         # Without a rejects file the reasons would be lost, so show the first few.
         for r in result.rejects[:shown]:
@@ -476,12 +554,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_pairs.add_argument("--seed", type=int, default=0, help="pairing seed (same seed, same pairing)")
     p_pairs.add_argument("--min-ref-seconds", type=float, default=3.0, help="shortest usable reference")
     p_pairs.add_argument("--max-ref-seconds", type=float, default=15.0, help="longest usable reference")
-    for p in (p_chat, p_pairs):
-        p.add_argument("--out", required=True, help="manifest JSONL to write")
+    p_split = sub.add_parser("split", help="hold out whole speakers of a manifest as an eval manifest")
+    p_split.add_argument("manifest", help="manifest JSONL to split (rows need a speaker to be held out)")
+    group = p_split.add_mutually_exclusive_group(required=True)
+    group.add_argument("--eval-speakers", type=int, default=0, help="number of speakers to hold out")
+    group.add_argument("--eval-fraction", type=float, default=0.0, help="hold out speakers for ~this share of rows")
+    p_split.add_argument("--seed", type=int, default=0, help="which speakers (same seed, same split)")
+    p_split.add_argument("--eval-out", required=True, help="eval manifest JSONL to write")
+    for p in (p_chat, p_pairs, p_split):
+        p.add_argument("--out", required=True, help="(training) manifest JSONL to write")
         p.add_argument("--rejects", default=None, help="JSONL file for the entries that could not be converted")
     args = parser.parse_args(argv)
     try:
-        if args.command == "chatml":
+        if args.command == "split":
+            split = split_by_speaker(args.manifest, Path(args.out).parent, Path(args.eval_out).parent,
+                                     args.eval_speakers, args.eval_fraction, args.seed)  # fmt: skip
+            write_result(split.train, args.out, args.rejects)
+            write_result(split.eval, args.eval_out)
+            _report(split.train, args.rejects, "line", split.summary())
+        elif args.command == "chatml":
             result = import_chatml(args.input, args.out, args.rejects, check_audio=not args.no_check_audio)
             _report(result, args.rejects, "index")
         else:

@@ -4,8 +4,10 @@ scene). Relative paths are relative to the manifest's folder. Bad rows become `R
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REQUIRED_FIELDS = ("id", "ref_audio", "ref_text", "audio", "text")
 
@@ -34,6 +36,24 @@ class Reject:
         return json.dumps({"source": self.source, "line": self.line, "id": self.id, "reason": self.reason})
 
 
+def json_objects(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any] | Reject]]:
+    """(1-based line, parsed object) for each non-blank line of a JSONL file, or (line, Reject) when the line is not
+    a JSON object."""
+    with path.open(encoding=encoding) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as err:
+                yield line_no, Reject(str(path), line_no, None, f"invalid JSON: {err.msg}")
+                continue
+            if not isinstance(obj, dict):
+                yield line_no, Reject(str(path), line_no, None, "line is not a JSON object")
+                continue
+            yield line_no, obj
+
+
 def read_manifest(path: str | Path) -> tuple[list[ManifestRow], list[Reject]]:
     """Parse every line; returns the good rows and one Reject per bad line (blank lines are skipped)."""
     path = Path(path)
@@ -43,38 +63,30 @@ def read_manifest(path: str | Path) -> tuple[list[ManifestRow], list[Reject]]:
     rejects: list[Reject] = []
     seen: set[str] = set()
     base = path.parent
-    with path.open(encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as err:
-                rejects.append(Reject(str(path), line_no, None, f"invalid JSON: {err.msg}"))
-                continue
-            if not isinstance(obj, dict):
-                rejects.append(Reject(str(path), line_no, None, "line is not a JSON object"))
-                continue
-            row_id = obj.get("id")
-            missing = [k for k in REQUIRED_FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
-            if missing:
-                rejects.append(Reject(str(path), line_no, row_id, f"missing or empty fields: {', '.join(missing)}"))
-                continue
-            if row_id in seen:
-                rejects.append(Reject(str(path), line_no, row_id, "duplicate id"))
-                continue
-            seen.add(row_id)
-            rows.append(
-                ManifestRow(
-                    line=line_no,
-                    id=row_id,
-                    ref_audio=base / obj["ref_audio"],
-                    ref_text=obj["ref_text"].strip(),
-                    audio=base / obj["audio"],
-                    text=obj["text"].strip(),
-                    speaker=obj.get("speaker"),
-                    language=obj.get("language"),
-                    scene=obj.get("scene"),
-                )
+    for line_no, obj in json_objects(path):
+        if isinstance(obj, Reject):
+            rejects.append(obj)
+            continue
+        row_id = obj.get("id")
+        missing = [k for k in REQUIRED_FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
+        if missing:
+            rejects.append(Reject(str(path), line_no, row_id, f"missing or empty fields: {', '.join(missing)}"))
+            continue
+        if row_id in seen:
+            rejects.append(Reject(str(path), line_no, row_id, "duplicate id"))
+            continue
+        seen.add(row_id)
+        rows.append(
+            ManifestRow(
+                line=line_no,
+                id=row_id,
+                ref_audio=base / obj["ref_audio"],
+                ref_text=obj["ref_text"].strip(),
+                audio=base / obj["audio"],
+                text=obj["text"].strip(),
+                speaker=obj.get("speaker"),
+                language=obj.get("language"),
+                scene=obj.get("scene"),
             )
+        )
     return rows, rejects

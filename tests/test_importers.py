@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_pipeline.importers import import_chatml, import_pairs, main, pair_corpus
+from data_pipeline.importers import import_chatml, import_pairs, main, pair_corpus, split_by_speaker
 from data_pipeline.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,3 +304,47 @@ def test_commands_run_as_modules(corpus: Path, chatml_src: Path, tmp_path: Path)
         assert "rejected" in proc.stderr  # reasons are shown when no --rejects file is given
     assert read_manifest(tmp_path / "pairs.jsonl")[1] == []
     assert read_manifest(tmp_path / "chat.jsonl")[1] == []
+
+
+def _speaker_manifest(root: Path) -> Path:
+    """5 speakers x 3 rows (wavs under root/wavs, relative paths), a row without a speaker, and one broken line."""
+    lines = []
+    for spk in range(5):
+        for k in range(3):
+            _wav(root / "wavs" / f"s{spk}_{k}.wav", 0.2, seed=spk * 3 + k)
+            lines.append(json.dumps({"id": f"s{spk}_{k}", "ref_audio": f"wavs/s{spk}_{(k + 1) % 3}.wav",
+                                     "ref_text": "r", "audio": f"wavs/s{spk}_{k}.wav", "text": "t",
+                                     "speaker": f"spk{spk}"}))  # fmt: skip
+    lines.append(json.dumps({"id": "anon", "ref_audio": "wavs/s0_0.wav", "ref_text": "r", "audio": "wavs/s0_1.wav",
+                             "text": "t"}))  # fmt: skip
+    lines.append("{broken")
+    (root / "m.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "m.jsonl"
+
+
+def test_split_holds_out_whole_speakers_and_keeps_every_row(tmp_path: Path) -> None:
+    manifest = _speaker_manifest(tmp_path / "corpus")
+    out = tmp_path / "elsewhere"
+    args = ["split", str(manifest), "--eval-speakers", "2", "--out", str(out / "train.jsonl"),
+            "--eval-out", str(out / "eval" / "eval.jsonl"), "--rejects", str(out / "rejects.jsonl")]  # fmt: skip
+    assert main(args) == 0
+    train, train_rejects = read_manifest(out / "train.jsonl")
+    held, held_rejects = read_manifest(out / "eval" / "eval.jsonl")
+    assert not train_rejects and not held_rejects
+    eval_speakers = {r.speaker for r in held}
+    assert len(eval_speakers) == 2 and not eval_speakers & {r.speaker for r in train}
+    assert sorted(r.id for r in train + held) == sorted([f"s{s}_{k}" for s in range(5) for k in range(3)] + ["anon"])
+    assert "anon" in {r.id for r in train}  # no speaker: cannot be held out, stays in training
+    for row in train + held:  # paths rebased for each output folder: still the same files
+        assert row.audio.resolve() == (tmp_path / "corpus" / "wavs" / f"{row.id}.wav").resolve() or row.id == "anon"
+        assert row.audio.is_file() and row.ref_audio.is_file()
+    (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["line"] == 17 and "invalid JSON" in reject["reason"]
+    # Deterministic by seed; a fraction picks the fewest speakers covering it; nonsense is refused.
+    again = split_by_speaker(manifest, out, out, eval_speakers=2)
+    assert again.eval_speakers == sorted(eval_speakers)
+    assert len(split_by_speaker(manifest, out, out, eval_fraction=0.3).eval_speakers) == 2  # 6 of 16 rows
+    with pytest.raises(ValueError, match="no training speaker"):
+        split_by_speaker(manifest, out, out, eval_speakers=5)
+    with pytest.raises(ValueError, match="exactly one"):
+        split_by_speaker(manifest, out, out)
