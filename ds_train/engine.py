@@ -443,6 +443,9 @@ class Trainer:
                     if self.rank == 0:
                         self.metrics.scalars(step, eval_values)
                         self.metrics.console_eval(step, eval_values)
+                        if self.evaluator.first_sample is not None and self.cfg.monitor.decode_every > 0:
+                            self.samples.log(step, *self.evaluator.first_sample, prefix="eval_samples")
+                    self.evaluator.first_sample = None
                 if self.engine.monitor.enabled:
                     # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too
                     self.engine.monitor.write_events([(f"ds_train/{k}", v, step) for k, v in values.items()])

@@ -70,6 +70,7 @@ class Evaluator:
         self.num_codebooks = num_codebooks
         self.share = rank_share(eval_batches(dataset.lengths, batch_size, max_tokens), rank, world_size)
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.first_sample: tuple[dict, object] | None = None  # (batch, output) of the last run's first counted batch
 
     @torch.no_grad()
     def run(self, engine: torch.nn.Module) -> dict[str, float]:
@@ -82,6 +83,7 @@ class Evaluator:
         sums = torch.zeros(4 + 3 * c, dtype=torch.float64)
         fallback: dict | None = None
         owed = 0
+        self.first_sample = None
         try:
             for indices, counted in self.share:
                 batch = self.collate([self.dataset[i] for i in indices])
@@ -128,6 +130,7 @@ class Evaluator:
         out = engine(**batch)
         if sums is None:
             return
+        self.first_sample = self.first_sample or (batch, out)
         sums[0] += len(batch["sample_ids"])
         if out.text_loss is not None:
             text_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

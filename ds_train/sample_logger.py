@@ -56,21 +56,22 @@ class SampleLogger:
         self.invalid_ids += bad
         return codes
 
-    def log(self, step: int, batch: dict, out) -> None:
+    def log(self, step: int, batch: dict, out, prefix: str = "samples") -> None:
+        """The batch's first sample as TensorBoard text and audio under `prefix`/ (samples, or eval_samples)."""
         try:
-            self._log(step, batch, out)
+            self._log(step, batch, out, prefix)
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("sample logging at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
 
-    def _log(self, step: int, batch: dict, out) -> None:
+    def _log(self, step: int, batch: dict, out, prefix: str) -> None:
         if self.writer is None:
             return
         ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].cpu()
         prompt = safe_decode_text(self.tokenizer, ids, pad_id=self.special.pad)
         sample_id = batch.get("sample_ids", ["?"])[0]
-        self.writer.add_text("samples/prompt", f"**{sample_id}**\n\n    {prompt.text}", step)
+        self.writer.add_text(f"{prefix}/prompt", f"**{sample_id}**\n\n    {prompt.text}", step)
         target = safe_decode_text(self.tokenizer, self._target_text_ids(ids), pad_id=self.special.pad)
-        self.writer.add_text("samples/target_text", target.text.strip(), step)
+        self.writer.add_text(f"{prefix}/target_text", target.text.strip(), step)
 
         frames = batch["audio_input_ids"][0][batch["audio_input_ids_mask"][0].bool()].cpu()
         spans = audio_spans(ids, self.special, self.audio_token, self.delay_token)
@@ -90,5 +91,5 @@ class SampleLogger:
         sr = self.codec.sample_rate
         for name, fr in (("reference", ref_frames), ("target", tgt_frames), ("predicted_teacher_forced", predicted)):
             wave = self.codec.decode(self._codes(fr)).clamp(-1, 1)
-            self.writer.add_audio(f"samples/{name}", wave.unsqueeze(0), step, sample_rate=sr)
+            self.writer.add_audio(f"{prefix}/{name}", wave.unsqueeze(0), step, sample_rate=sr)
         self.writer.add_scalar("monitor/invalid_ids_in_logging", self.invalid_ids, step)

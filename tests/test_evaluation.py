@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ds_train.config import ConfigError, load_run_config
 from ds_train.engine import Trainer, train
@@ -71,6 +72,11 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     assert scalars["eval/samples"][3] == 24
     assert scalars["eval/loss"][3] == pytest.approx(result.eval_losses[3])
     assert "train/loss" in scalars and sorted(scalars["train/loss"]) == [1, 2, 3]
+    # A held-out sample is decoded to TensorBoard at each evaluation, next to the training samples.
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Audio("eval_samples/predicted_teacher_forced")] == [2, 3]
+    assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(acc.Tags()["audio"])
 
 
 def test_eval_config_errors(assets, tmp_path: Path) -> None:
