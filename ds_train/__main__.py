@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p_exp = sub.add_parser("export", help="checkpoint (any ZeRO stage) -> transformers folder + Whisper tower folder")
     p_exp.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
     p_exp.add_argument("--out", required=True)
+    p_exp.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from ds_train.export import export
 
-        print(f"exported to {export(args.checkpoint, args.out)}")
+        print(f"exported to {export(args.checkpoint, args.out, args.tag)}")
         return 0
     if args.command == "doctor":
         from ds_train.config import load_run_config

@@ -76,6 +76,7 @@ class TrainSection:
     log_every: int = 10
     save_every: int = 100  # also saves at the last step, and on SIGTERM/SIGINT or the wall-time limit
     eval_every: int = 100  # evaluate on data.eval_* every N steps and at the last step; 0 = never
+    keep_best: bool = True  # with an eval set: checkpoint each new best eval loss, kept apart from keep_last
     keep_last: int = 3  # checkpoints kept (older ones are deleted); 0 keeps all
     max_wall_minutes: float = 0.0  # save and stop cleanly after this long; 0 = no limit
     activation_checkpointing: bool = False  # recompute decoder-layer (and Whisper) activations in backward

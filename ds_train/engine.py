@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -165,6 +166,7 @@ class Trainer:
         self.tb_dir = self.out_dir / "tensorboard"
         self._monitor_state: dict | None = None  # monitor counters restored from a checkpoint
         self._data_position: dict | None = None  # the sampler position restored from a checkpoint
+        self.best_eval_loss = math.inf  # lowest eval/loss so far (restored on resume)
         self.rows_seen = 0  # rows fetched by this rank, and how many of them failed to load
         self.bad_samples = 0
 
@@ -209,9 +211,11 @@ class Trainer:
         if self._data_position is not None:
             self.sampler.resume_at(DataPosition(**self._data_position))
         workers = cfg.data.num_workers
+        # Pinned host memory makes the non_blocking copy to the GPU asynchronous.
         self.loader = DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=self.collator, num_workers=workers,
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+            pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         self._batches = iter(self.loader)
         self.monitor = HealthMonitor(cfg.monitor, cfg.whisper.enabled)
@@ -255,6 +259,7 @@ class Trainer:
         _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
         self._monitor_state = client.get("monitor")
         self._data_position = client.get("data_position")  # absent in older checkpoints: same rank count assumed
+        self.best_eval_loss = float(client.get("best_eval_loss", math.inf))
         log.info("resumed from %s at step %d", load_path, self.engine.global_steps)
 
     @property
@@ -387,7 +392,15 @@ class Trainer:
             self.samples.log(step, *first)
         return StepStats(step, values)
 
-    def save(self) -> str:
+    def improves_best(self, eval_loss: float) -> bool:
+        """Record `eval_loss` if it beats every earlier evaluation (train.keep_best); True if it did."""
+        if not self.cfg.train.keep_best or not math.isfinite(eval_loss) or eval_loss >= self.best_eval_loss:
+            return False
+        self.best_eval_loss = eval_loss
+        return True
+
+    def save(self, best: bool = False) -> str:
+        """Checkpoint this step; `best` also points the checkpoints folder's `best` file at it."""
         states = [None] * self.world_size
         dist.all_gather_object(states, _rng_state())
         client = {
@@ -397,6 +410,7 @@ class Trainer:
             "rng": states,
             "run_config": self.cfg.to_dict(),
             "monitor": self.monitor.state_dict(),
+            "best_eval_loss": self.best_eval_loss,
             # lets `python -m deepspeed.checkpoint.ds_to_universal` convert this checkpoint for another rank count
             "universal_checkpoint_info": {"universal_checkpoint_version": 0.4},
         }
@@ -408,7 +422,7 @@ class Trainer:
             "num_codebooks": self.geometry.num_codebooks,
             "codec_codebook_size": self.geometry.codec_codebook_size,
         }
-        tag = checkpointing.save(self.engine, self.ckpt_dir, client, meta, self.cfg.train.keep_last)
+        tag = checkpointing.save(self.engine, self.ckpt_dir, client, meta, self.cfg.train.keep_last, best)
         if self.cfg.train.debug_kill_after_step == self.step and self.rank == 0:
             log.warning("train.debug_kill_after_step=%d: killing rank 0 with SIGKILL", self.step)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -436,10 +450,12 @@ class Trainer:
                     self.metrics.scalars(step, values)
                     if step % t.log_every == 0 or step == 1 or step == t.max_steps:
                         self.metrics.console(step, t.max_steps, values)
+                best = False
                 if self.evaluator is not None and (step % t.eval_every == 0 or step == t.max_steps):
                     eval_values = self.evaluate()
                     values.update(eval_values)
                     result.eval_losses[step] = eval_values["eval/loss"]
+                    best = self.improves_best(eval_values["eval/loss"])  # the same on every rank (reduced values)
                     if self.rank == 0:
                         self.metrics.scalars(step, eval_values)
                         self.metrics.console_eval(step, eval_values)
@@ -450,8 +466,8 @@ class Trainer:
                     # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too
                     self.engine.monitor.write_events([(f"ds_train/{k}", v, step) for k, v in values.items()])
                 reason = stopper.agreed_reason(self.device)
-                if step % t.save_every == 0 or step == t.max_steps or reason:
-                    self.save()
+                if step % t.save_every == 0 or step == t.max_steps or reason or best:
+                    self.save(best=best)
                 if reason:
                     log.warning("stopping at step %d (%s) after saving a checkpoint", step, reason)
                     result.stopped_by = reason

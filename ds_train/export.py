@@ -40,21 +40,29 @@ def run_config_from_dict(raw: dict) -> RunConfig:
     return cfg
 
 
-def _locate(checkpoint: Path) -> tuple[Path, str]:
-    """Accept a run output dir, its checkpoints/ dir, or one tag dir -> (checkpoints dir, tag)."""
+def _locate(checkpoint: Path, which: str = "latest") -> tuple[Path, str]:
+    """Accept a run output dir, its checkpoints/ dir, or one tag dir -> (checkpoints dir, tag). In a checkpoints dir
+    `which` picks the tag: "latest", "best" (the best evaluation, with an eval set) or a tag name."""
     checkpoint = checkpoint.resolve()
     if (checkpoint / CHECKPOINT_SUBDIR).is_dir():
         checkpoint = checkpoint / CHECKPOINT_SUBDIR
     if (checkpoint / "latest").is_file():
-        return checkpoint, checkpointing.latest_tag(checkpoint)
+        tag = checkpointing.pointed_tag(checkpoint, which) if which in ("latest", checkpointing.BEST_FILE) else which
+        if tag is None or not (checkpoint / tag).is_dir():
+            raise FileNotFoundError(f"{checkpoint} has no {which!r} checkpoint (tags: {_tags(checkpoint)})")
+        return checkpoint, tag
     if list(checkpoint.glob("*model_states.pt")):
         return checkpoint.parent, checkpoint.name
     raise FileNotFoundError(f"{checkpoint} is not a DeepSpeed checkpoint (no 'latest' file or *model_states.pt)")
 
 
-def load_checkpoint_model(checkpoint: Path):
-    """-> (VoiceCloningModel with the checkpoint's fp32 weights, tokenizer, RunConfig)."""
-    ckpt_dir, tag = _locate(checkpoint)
+def _tags(ckpt_dir: Path) -> str:
+    return ", ".join(sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir())) or "none"
+
+
+def load_checkpoint_model(checkpoint: Path, which: str = "latest"):
+    """-> (VoiceCloningModel with the checkpoint's fp32 weights, tokenizer, RunConfig); `which` as in `_locate`."""
+    ckpt_dir, tag = _locate(checkpoint, which)
     # mp_rank_00_model_states.pt, or zero_pp_rank_0_mp_rank_00_model_states.pt under ZeRO-3; rank 0's holds the config
     model_states = sorted((ckpt_dir / tag).glob("*model_states.pt"))[0]
     states = torch.load(model_states, map_location="cpu", weights_only=False)
@@ -76,8 +84,8 @@ def load_checkpoint_model(checkpoint: Path):
     return model, tokenizer, cfg
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Path:
-    model, tokenizer, cfg = load_checkpoint_model(Path(checkpoint))
+def export(checkpoint: str | Path, out: str | Path, which: str = "latest") -> Path:
+    model, tokenizer, cfg = load_checkpoint_model(Path(checkpoint), which)
     merged = merge_lora(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ds_train.checkpointing import BEST_FILE, pointed_tag
 from ds_train.config import ConfigError, load_run_config
 from ds_train.engine import Trainer, train
 from ds_train.evaluation import Evaluator, eval_batches, rank_share
+from ds_train.export import _locate
 from tests.helpers import make_config
 from tests.test_training import read_scalars
 
@@ -72,6 +74,10 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     assert scalars["eval/samples"][3] == 24
     assert scalars["eval/loss"][3] == pytest.approx(result.eval_losses[3])
     assert "train/loss" in scalars and sorted(scalars["train/loss"]) == [1, 2, 3]
+    # The first evaluation is the best so far by definition: checkpointed although save_every is 100.
+    best_step = min(result.eval_losses, key=result.eval_losses.get)
+    assert pointed_tag(tmp_path / "checkpoints", BEST_FILE) == f"global_step{best_step}"
+    assert (tmp_path / "checkpoints" / "global_step2").is_dir()
     # A held-out sample is decoded to TensorBoard at each evaluation, next to the training samples.
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0})
     acc.Reload()
@@ -86,3 +92,27 @@ def test_eval_config_errors(assets, tmp_path: Path) -> None:
     assert trainer.evaluator is None
     with pytest.raises(ValueError, match="no eval set"):
         trainer.evaluate()
+
+
+def test_best_checkpoint_is_kept_apart_from_keep_last_and_survives_resume(assets, tmp_path: Path) -> None:
+    cfg = make_config(assets, tmp_path, f"data.eval_manifest={assets.manifest}", "train.keep_last=1")
+    trainer = Trainer(cfg).setup()
+    ckpts = tmp_path / "checkpoints"
+
+    def step_then_save(eval_loss: float) -> tuple[list[str], str | None]:
+        """One step, then the loop's save with this evaluation -> (checkpoint tags on disk, the best tag)."""
+        trainer.train_step()
+        trainer.save(best=trainer.improves_best(eval_loss))
+        return sorted(p.name for p in ckpts.iterdir() if p.is_dir()), pointed_tag(ckpts, BEST_FILE)
+
+    assert step_then_save(5.0) == (["global_step1"], "global_step1")
+    assert step_then_save(6.0) == (["global_step1", "global_step2"], "global_step1")  # worse: the best stays
+    assert step_then_save(float("nan")) == (["global_step1", "global_step3"], "global_step1")
+    assert step_then_save(4.0) == (["global_step4"], "global_step4")  # better: the old best goes
+    resumed = Trainer(cfg, resume=True).setup()
+    assert resumed.best_eval_loss == 4.0 and not resumed.improves_best(4.5) and resumed.improves_best(3.0)
+    assert _locate(tmp_path, "best") == (ckpts, "global_step4") == _locate(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no 'global_step9' checkpoint \(tags: global_step4\)"):
+        _locate(tmp_path, "global_step9")
+    off = make_config(assets, tmp_path / "off", f"data.eval_manifest={assets.manifest}", "train.keep_best=false")
+    assert not Trainer(off).improves_best(1.0)
