@@ -106,12 +106,30 @@ def _open_dataset(prepared: str | None, manifest: str | None, codec: Codec, layo
     return EncodedVoiceCloningDataset(manifest, codec, layout, show_progress=rank == 0)
 
 
+def _check_prepared_codec(prepared: str, key: str, codec: str, codec_path: str | None) -> None:
+    """A prepared set's codes mean something only with the codec that made them: another codec kind is an error, other
+    weights (a different file) a warning, since the same weights may live at another path on this machine."""
+    meta = json.loads((Path(prepared) / DATASET_FILE).read_text())
+    if meta["codec"] != codec:
+        raise ConfigError(
+            f"{key} {prepared} was encoded with the {meta['codec']!r} codec but this run uses {codec!r}: "
+            "prepare it with the same codec"
+        )
+    if codec_path and Path(meta["codec_path"]).resolve() != Path(codec_path).resolve():
+        log.warning("%s %s was encoded with codec weights %s, this run loads %s: make sure they are the same weights",
+                    key, prepared, meta["codec_path"], codec_path)  # fmt: skip
+
+
 def build_data(cfg: RunConfig, tokenizer, rank: int) -> DataParts:
     """The training set (data.prepared or data.manifest), the optional eval set, the collator and the codec."""
     d = cfg.data
     if d.prepared and not d.codec_path:
         meta = json.loads((Path(d.prepared) / DATASET_FILE).read_text())
         d.codec, d.codec_path = meta["codec"], meta["codec_path"]
+    elif d.prepared:
+        _check_prepared_codec(d.prepared, "data.prepared", d.codec, d.codec_path)
+    if d.eval_prepared:
+        _check_prepared_codec(d.eval_prepared, "data.eval_prepared", d.codec, d.codec_path)
     if not d.prepared and not d.manifest:
         raise ValueError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
     codec = build_codec(cfg)
@@ -123,13 +141,6 @@ def build_data(cfg: RunConfig, tokenizer, rank: int) -> DataParts:
     dataset = _open_dataset(d.prepared, d.manifest, codec, layout, rank)
     eval_dataset = None
     if d.eval_prepared or d.eval_manifest:
-        if d.eval_prepared:
-            eval_codec = json.loads((Path(d.eval_prepared) / DATASET_FILE).read_text())["codec"]
-            if eval_codec != d.codec:
-                raise ConfigError(
-                    f"data.eval_prepared {d.eval_prepared} was encoded with the {eval_codec!r} codec but training "
-                    f"uses {d.codec!r}: prepare the eval set with the same codec"
-                )
         eval_dataset = _open_dataset(d.eval_prepared, d.eval_manifest, codec, layout, rank)
     collator = VoiceCloningCollator(
         pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled,

@@ -26,7 +26,8 @@ from data_pipeline.prepared_dataset import PreparedDataset
 from data_pipeline.shards import ROW_GROUP_ROWS, ShardReader, row_from_table, shard_name
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from data_pipeline.validation import Limits
-from ds_train.engine import Trainer
+from ds_train.config import ConfigError
+from ds_train.engine import Trainer, build_data
 from tests.helpers import make_config
 from tests.test_cli import _env, _free_port
 
@@ -269,3 +270,20 @@ def test_too_many_bad_rows_stop_the_run(manifest_with_bad_rows, assets, tmp_path
     )
     with pytest.raises(RuntimeError, match=r"rows failed to load .* > data.max_bad_fraction=0.2"):
         trainer.fit()
+
+
+def test_prepared_sets_must_match_the_runs_codec(manifest_with_bad_rows, assets, tmp_path, caplog) -> None:
+    _prepare(manifest_with_bad_rows, assets, tmp_path / "prep")
+    prep = f"data.prepared={tmp_path / 'prep'}"
+    with pytest.raises(ConfigError, match=r"encoded with the 'dac' codec but this run uses 'higgs'"):
+        Trainer(make_config(assets, tmp_path / "a", prep, "data.codec=higgs")).setup()
+    with pytest.raises(ConfigError, match=r"data.eval_prepared .* 'dac' codec but this run uses 'higgs'"):
+        build_data(make_config(assets, tmp_path / "b", f"data.eval_prepared={tmp_path / 'prep'}", "data.codec=higgs"),
+                   build_tiny_tokenizer(), 0)  # fmt: skip
+    copy = tmp_path / "copy_of_codec.pth"
+    copy.write_bytes(assets.codec_file.read_bytes())
+    with caplog.at_level("WARNING", logger="ds_train"):
+        parts = build_data(
+            make_config(assets, tmp_path / "c", prep, f"data.codec_path={copy}"), build_tiny_tokenizer(), 0
+        )
+    assert len(parts.dataset) == 24 and "make sure they are the same weights" in caplog.text
