@@ -97,7 +97,10 @@ def _print_where(result) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     print(f"\nTensorBoard logs: {result.tensorboard_dir}")
-    print(f"Checkpoints:      {result.checkpoint_dir} (latest: global_step{result.final_step})")
+    best = ""
+    if result.eval_losses and (result.checkpoint_dir / "best").is_file():
+        best = f", best eval loss: {(result.checkpoint_dir / 'best').read_text().strip()}"
+    print(f"Checkpoints:      {result.checkpoint_dir} (latest: global_step{result.final_step}{best})")
     print(f"View them with:   tensorboard --logdir {result.tensorboard_dir}")
 
 

@@ -45,6 +45,7 @@ def test_demo_short_mode(tmp_path: Path) -> None:
                 for name in ("manifest.jsonl", "eval_manifest.jsonl")]  # fmt: skip
     assert speakers == [{"spk0", "spk1", "spk2", "spk3"}, {"spk4"}]
     assert scalars["eval/samples"] == {12: 12.0}
+    assert "(latest: global_step12, best eval loss: global_step12)" in proc.stdout
     assert any("eval     12 | loss" in line for line in proc.stderr.splitlines())
     assert scalars["train/loss"][12] < scalars["train/loss"][1]
     assert all(v > 0 for v in scalars["train/lr"].values())
