@@ -48,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
     p_exp.add_argument("--out", required=True)
     p_exp.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
+    p_gen = sub.add_parser("generate", help="clone a reference voice speaking new text with a trained checkpoint")
+    p_gen.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
+    p_gen.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
+    p_gen.add_argument("--ref-audio", required=True, help="reference recording of the voice to clone")
+    p_gen.add_argument("--ref-text", required=True, help="what the reference recording says")
+    p_gen.add_argument("--text", required=True, help="what the cloned voice should say")
+    p_gen.add_argument("--out", required=True, help="wav file to write")
+    p_gen.add_argument("--max-seconds", type=float, default=20.0, help="longest audio to generate")
+    p_gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p_gen.add_argument("--top-k", type=int, default=0, help="with sampling: keep the k likeliest codes (0 = all)")
+    p_gen.add_argument("--seed", type=int, default=0)
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
@@ -75,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         from ds_train.export import export
 
         print(f"exported to {export(args.checkpoint, args.out, args.tag)}")
+        return 0
+    if args.command == "generate":
+        from ds_train.generate import clone_voice
+
+        out = clone_voice(args.checkpoint, args.ref_audio, args.ref_text, args.text, args.out, args.tag,
+                          args.max_seconds, args.temperature, args.top_k, args.seed)  # fmt: skip
+        print(f"wrote {out}")
         return 0
     if args.command == "doctor":
         from ds_train.config import load_run_config

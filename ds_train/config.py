@@ -101,6 +101,9 @@ class MonitorSection:
     on_lr_floor: str = "warn"  # effective LR below train.min_lr (the floor clamps it; this reports the schedule)
     part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
     decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
+    # Each evaluation, rank 0 also generates (free-running, greedy) up to this many seconds for one held-out sample
+    # and logs it as TensorBoard audio; ZeRO-0/1/2 only (under ZeRO-3 no rank holds every weight). 0 = off.
+    generate_seconds: float = 10.0
 
 
 @dataclass

@@ -35,6 +35,7 @@ from ds_train.config import ConfigError, RunConfig, resolve_deepspeed_config
 from ds_train.distributed import device_for, init_distributed
 from ds_train.evaluation import Evaluator
 from ds_train.flops import llm_flops_per_token, peak_flops
+from ds_train.generate import generate_codes, prompt_from_batch
 from ds_train.grad_norms import part_grad_norms
 from ds_train.metrics import MetricsLogger
 from ds_train.monitor import HealthError, HealthMonitor, apply_lr_floor
@@ -403,6 +404,28 @@ class Trainer:
             self.samples.log(step, *first)
         return StepStats(step, values)
 
+    def _log_generated(self, step: int, batch: dict) -> None:
+        """Rank 0: free-running generation for the batch's first sample -> TensorBoard `eval_samples/generated`."""
+        if self.engine.zero_optimization_stage() >= 3:
+            if not getattr(self, "_told_no_generation", False):
+                log.info("monitor.generate_seconds: skipped under ZeRO-3 (no rank holds every weight)")
+                self._told_no_generation = True
+            return
+        llm_cfg, model = self.engine.module.llm.config, self.engine.module
+        prompt = prompt_from_batch(
+            batch, 0, self.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id)
+        )
+        max_frames = int(self.cfg.monitor.generate_seconds * self.codec.frame_rate) + self.geometry.num_codebooks + 1
+        was_training = model.training
+        try:
+            codes = generate_codes(model, prompt, self.geometry, max_frames)
+        except Exception as err:  # noqa: BLE001 - an observability extra must never stop training
+            log.warning("eval generation at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
+            return
+        finally:
+            model.train(was_training)
+        self.samples.log_codes(step, "eval_samples/generated", codes)
+
     def improves_best(self, eval_loss: float) -> bool:
         """Record `eval_loss` if it beats every earlier evaluation (train.keep_best); True if it did."""
         if not self.cfg.train.keep_best or not math.isfinite(eval_loss) or eval_loss >= self.best_eval_loss:
@@ -472,6 +495,8 @@ class Trainer:
                         self.metrics.console_eval(step, eval_values)
                         if self.evaluator.first_sample is not None and self.cfg.monitor.decode_every > 0:
                             self.samples.log(step, *self.evaluator.first_sample, prefix="eval_samples")
+                        if self.evaluator.first_sample is not None and self.cfg.monitor.generate_seconds > 0:
+                            self._log_generated(step, self.evaluator.first_sample[0])
                     self.evaluator.first_sample = None
                 if self.engine.monitor.enabled:
                     # the DeepSpeed JSON's own monitors (csv, wandb, comet, tensorboard) get every metric too

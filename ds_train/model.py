@@ -94,6 +94,7 @@ class VoiceCloningModel(nn.Module):
         self.whisper = whisper
         self.audio_in_token_id = audio_in_token_id
         self._pending_audio_in: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._audio_in_once = False
         # The transformers model embeds input_ids itself; a hook on its embedding swaps in the Whisper outputs.
         self.llm.model.embed_tokens.register_forward_hook(self._inject_audio_in)
 
@@ -105,7 +106,14 @@ class VoiceCloningModel(nn.Module):
         if self._pending_audio_in is None:
             return output
         positions, embeds = self._pending_audio_in
+        if self._audio_in_once:  # generation: only the prefill embeds the prompt's <|AUDIO|> positions
+            self._pending_audio_in, self._audio_in_once = None, False
         return output.masked_scatter(positions.unsqueeze(-1), embeds.to(output.dtype))
+
+    def arm_audio_in(self, audio_in: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """For generation: the next embedding call (the prefill) takes these Whisper embeddings (see
+        `audio_in_embeddings`); None disarms."""
+        self._pending_audio_in, self._audio_in_once = audio_in, audio_in is not None
 
     def audio_in_embeddings(
         self, input_ids: torch.Tensor, features: torch.Tensor | None, token_counts: torch.Tensor | None

@@ -63,6 +63,19 @@ class SampleLogger:
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("sample logging at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
 
+    def log_codes(self, step: int, tag: str, codes: torch.Tensor) -> None:
+        """codec codes [C, T] -> TensorBoard audio `tag`; never raises."""
+        if self.writer is None:
+            return
+        try:
+            if codes.shape[-1] == 0:
+                self.writer.add_text(tag, "no complete audio frame was generated", step)
+                return
+            wave = self.codec.decode(sanitize_codes(codes, self.geometry.codec_codebook_size)[0]).clamp(-1, 1)
+            self.writer.add_audio(tag, wave.unsqueeze(0), step, sample_rate=self.codec.sample_rate)
+        except Exception as err:  # noqa: BLE001 - logging must never stop training
+            log.warning("logging %s at step %d failed and was skipped: %s: %s", tag, step, type(err).__name__, err)
+
     def _log(self, step: int, batch: dict, out, prefix: str) -> None:
         if self.writer is None:
             return

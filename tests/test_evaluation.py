@@ -82,6 +82,9 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0})
     acc.Reload()
     assert [e.step for e in acc.Audio("eval_samples/predicted_teacher_forced")] == [2, 3]
+    # ...and generated free-running (greedy) from that sample's prompt.
+    generated = acc.Audio("eval_samples/generated")
+    assert [e.step for e in generated] == [2, 3] and all(e.sample_rate == 24000 for e in generated)
     assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(acc.Tags()["audio"])
 
 

@@ -1,0 +1,171 @@
+"""Free-running voice cloning with a trained model: reference audio + its transcript + new text -> speech.
+
+    python -m ds_train generate --checkpoint runs/exp1 [--tag best] --ref-audio ref.wav --ref-text "..." \
+        --text "..." --out cloned.wav [--max-seconds 20] [--temperature 0.7 --top-k 50 --seed 0]
+
+The prompt is the training layout cut at the target's `<|audio_out_bos|>`, so the model sees exactly what it was
+trained on. transformers' HiggsAudioV2 generation (its delay-pattern logits processor) produces the audio frames; the
+Whisper tower's embeddings replace the `<|AUDIO|>` positions in the prefill step. Runs on one process (CPU or GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data_pipeline.collator import VoiceCloningCollator
+from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions
+from data_pipeline.text_tokens import SpecialTokenIds
+from data_pipeline.whisper_features import WhisperLogMel, attach_features
+from ds_train.model import VoiceCloningModel
+from ds_train.safe_decode import sanitize_codes
+
+
+@dataclass
+class Prompt:
+    """One generation prompt; tensors are batched (batch of 1) and ready for the model."""
+
+    batch: dict  # the collator's batch cut to the prompt: input_ids [1, L], audio_input_ids [1, F, C], Whisper inputs
+    ref_frames: int  # F: delayed reference frames the prompt holds
+
+
+def build_prompt(
+    layout: LayoutBuilder,
+    collator: VoiceCloningCollator,
+    ref_text: str,
+    ref_codes: torch.Tensor,
+    text: str,
+    ref_wave_16k: torch.Tensor | None = None,
+    scene: str | None = None,
+) -> Prompt:
+    """ref_codes [C, T] codec codes of the reference; ref_wave_16k [S] its 16 kHz waveform (Whisper on)."""
+    placeholder = torch.zeros(ref_codes.shape[0], 1, dtype=torch.long)  # a 1-step target, cut off below
+    example = layout.build("prompt", ref_text, ref_codes, text, placeholder, ref_wave_16k=ref_wave_16k, scene=scene)
+    ids = layout.ids
+    return prompt_from_batch(collator([example]), 0, ids.audio_out_bos, (ids.audio_out, ids.audio_delay))
+
+
+def prompt_from_batch(batch: dict, row: int, audio_out_bos: int, audio_placeholders: tuple[int, int]) -> Prompt:
+    """One row of a collated training/eval batch cut right after its target's `<|audio_out_bos|>`: the prompt that
+    row's target audio was the continuation of. `audio_placeholders`: the <|AUDIO_OUT|> and delay token ids."""
+    ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+    bos = (ids == audio_out_bos).nonzero().flatten()
+    end = int(bos[-1]) + 1  # keep the target's <|audio_out_bos|>: generation continues right after it
+    ids = ids[:end]
+    ref_frames = int(sum((ids == token).sum() for token in audio_placeholders))
+    cut = {
+        "input_ids": ids[None], "attention_mask": torch.ones_like(ids)[None],
+        "audio_input_ids": batch["audio_input_ids"][row : row + 1, :ref_frames],
+        "audio_input_ids_mask": batch["audio_input_ids_mask"][row : row + 1, :ref_frames],
+    }  # fmt: skip
+    if "whisper_chunk_sample" in batch:
+        chunks = batch["whisper_chunk_sample"] == row
+        for key in ("whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths",
+                    "whisper_token_counts"):  # fmt: skip
+            if key in batch:
+                cut[key] = batch[key][chunks.to(batch[key].device)]
+        cut["whisper_chunk_sample"] = torch.zeros(int(chunks.sum()), dtype=torch.long)
+    return Prompt(cut, ref_frames)
+
+
+def frames_to_codes(frames: torch.Tensor, geometry: AudioGeometry) -> torch.Tensor:
+    """Generated delayed frames [F, C] (starting with the all-BOS frame) -> codec codes [C, T], cut at the first
+    all-EOS frame; ids outside the codebook (a stray BOS/EOS) become 0."""
+    num_codebooks = geometry.num_codebooks
+    starts = (frames == geometry.stream_bos).all(-1).nonzero().flatten()
+    first = int(starts[0]) + 1 if starts.numel() else 0
+    ends = (frames[first:] == geometry.stream_eos).all(-1).nonzero().flatten()
+    inner = frames[first : first + int(ends[0])] if ends.numel() else frames[first:]
+    steps = inner.shape[0] - num_codebooks + 1
+    if steps <= 0:
+        return torch.zeros(num_codebooks, 0, dtype=torch.long)
+    codes = torch.stack([inner[k : k + steps, k] for k in range(num_codebooks)])
+    return sanitize_codes(codes, geometry.codec_codebook_size)[0]
+
+
+def generate_codes(
+    model: VoiceCloningModel,
+    prompt: Prompt,
+    geometry: AudioGeometry,
+    max_frames: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+) -> torch.Tensor:
+    """-> codec codes [C, T] of the cloned speech. temperature 0 is greedy; otherwise sampled (top_k 0 = no cut)."""
+    return frames_to_codes(generate_frames(model, prompt, max_frames, temperature, top_k), geometry)
+
+
+@torch.no_grad()
+def generate_frames(
+    model: VoiceCloningModel, prompt: Prompt, max_frames: int, temperature: float = 0.0, top_k: int = 0
+) -> torch.Tensor:
+    """-> the generated delayed frames [F, C] (all-BOS frame first), as the model produced them."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prompt.batch.items()}
+    batch = attach_features(batch, WhisperLogMel())
+    model.eval()
+    model.arm_audio_in(
+        model.audio_in_embeddings(
+            batch["input_ids"], batch.get("whisper_input_features"), batch.get("whisper_token_counts")
+        )
+    )
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None} if temperature > 0 else {}
+    try:
+        out = model.llm.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            audio_input_ids=batch["audio_input_ids"], audio_input_ids_mask=batch["audio_input_ids_mask"],
+            max_new_tokens=max_frames, do_sample=False, return_dict_in_generate=True, **sampling,
+        )  # fmt: skip
+    finally:
+        model.arm_audio_in(None)
+    return out.audio_sequences[0, prompt.ref_frames :].cpu()
+
+
+def clone_voice(
+    checkpoint: str | Path,
+    ref_audio: str | Path,
+    ref_text: str,
+    text: str,
+    out: str | Path,
+    which: str = "latest",
+    max_seconds: float = 20.0,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+) -> Path:
+    """Load a checkpoint and its codec, clone the reference voice speaking `text`, write a wav -> its path."""
+    import soundfile as sf
+
+    from data_pipeline.audio import load_mono, resample
+    from data_pipeline.layout import WHISPER_SAMPLE_RATE
+    from ds_train.build import build_codec
+    from ds_train.engine import features_on_device
+    from ds_train.export import load_checkpoint_model
+
+    torch.manual_seed(seed)
+    model, tokenizer, cfg = load_checkpoint_model(Path(checkpoint), which)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    codec = build_codec(cfg, device)
+    geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
+    options = LayoutOptions(
+        whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head
+    )
+    layout = LayoutBuilder(tokenizer, geometry, options)
+    collator = VoiceCloningCollator(
+        pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled,
+        whisper_on_device=features_on_device(cfg),
+    )  # fmt: skip
+    wave, rate = load_mono(Path(ref_audio))
+    (ref_codes,) = codec.encode([wave], rate)
+    prompt = build_prompt(layout, collator, ref_text, ref_codes, text, resample(wave, rate, WHISPER_SAMPLE_RATE))
+    max_frames = int(max_seconds * codec.frame_rate) + geometry.num_codebooks + 1
+    codes = generate_codes(model, prompt, geometry, max_frames, temperature, top_k)
+    if codes.shape[1] == 0:
+        raise RuntimeError("the model generated no complete audio frame; train longer or raise --max-seconds")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out), codec.decode(codes).clamp(-1, 1).numpy(), codec.sample_rate)
+    return out

@@ -1,0 +1,89 @@
+"""Free-running generation: the prompt is the training layout's prefix, frames map back to codes, greedy generation
+agrees with the teacher-forced forward on the frames it produced, and the `generate` command writes a wav."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from data_pipeline.collator import VoiceCloningCollator
+from data_pipeline.delay_pattern import add_stream_markers_and_delay
+from ds_train.generate import build_prompt, frames_to_codes, generate_frames
+from tests.test_model import GEO, _setup
+
+
+def _prompt_parts(whisper: bool):
+    model, _, builder = _setup(whisper=whisper)
+    collator = VoiceCloningCollator(builder.ids.pad, GEO, whisper=whisper)
+    g = torch.Generator().manual_seed(5)
+    ref_codes, ref_wave = torch.randint(0, 256, (4, 9), generator=g), torch.randn(12000, generator=g)
+    return model, builder, collator, ref_codes, ref_wave
+
+
+def test_prompt_is_the_training_layout_up_to_the_target_audio() -> None:
+    _, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper=True)
+    target = torch.randint(0, 256, (4, 7))
+    full = collator([builder.build("x", "the reference", ref_codes, "new words", target, ref_wave_16k=ref_wave)])
+    prompt = build_prompt(builder, collator, "the reference", ref_codes, "new words", ref_wave)
+    ids = prompt.batch["input_ids"][0]
+    assert ids[-1] == builder.ids.audio_out_bos and (ids == builder.ids.audio_out_bos).sum() == 2
+    assert torch.equal(ids, full["input_ids"][0, : ids.numel()])
+    assert torch.equal(prompt.batch["audio_input_ids"][0], add_stream_markers_and_delay(ref_codes, 256, 257))
+    assert torch.equal(prompt.batch["whisper_input_features"], full["whisper_input_features"])
+    assert "labels" not in prompt.batch and "audio_labels" not in prompt.batch
+
+
+def test_frames_to_codes_inverts_the_delay_pattern() -> None:
+    codes = torch.randint(0, 256, (4, 11))
+    frames = add_stream_markers_and_delay(codes, GEO.stream_bos, GEO.stream_eos)
+    assert torch.equal(frames_to_codes(frames, GEO), codes)
+    # Cut after frame 10 (no EOS tail): steps 0-6 are complete; steps 7-10 miss their higher codebooks.
+    assert torch.equal(frames_to_codes(frames[:11], GEO), codes[:, :7])
+    assert frames_to_codes(frames[:3], GEO).shape == (4, 0)
+    stray = frames.clone()
+    stray[5, 0] = GEO.stream_bos  # a marker inside the stream is not a code: it becomes 0
+    assert frames_to_codes(stray, GEO)[0, 4] == 0
+
+
+@pytest.mark.parametrize("whisper", [True, False])
+def test_greedy_generation_agrees_with_the_teacher_forced_forward(whisper: bool) -> None:
+    """Feed the generated codes back as a training target: at every frame that holds a code, the forward's argmax
+    (which sees the same prompt, Whisper embeddings included) must be the frame that greedy generation chose."""
+    model, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper)
+    prompt = build_prompt(builder, collator, "the reference", ref_codes, "new words", ref_wave)
+    raw = generate_frames(model, prompt, max_frames=30)
+    assert torch.equal(raw, generate_frames(model, prompt, max_frames=30))  # greedy is deterministic
+    assert (raw[0] == GEO.stream_bos).all()  # the delay pattern opens with an all-BOS frame
+    codes = frames_to_codes(raw, GEO)
+    assert codes.shape[0] == 4 and codes.shape[1] >= 3 and int(codes.max()) < 256
+    example = builder.build("x", "the reference", ref_codes, "new words", codes, ref_wave_16k=ref_wave)
+    with torch.no_grad():
+        out = model(**collator([example]))
+    # The teacher-forced input equals the generated frames up to the first stray marker the model emitted (which
+    # frames_to_codes turned into code 0); predictions up to there see the same context.
+    frames = add_stream_markers_and_delay(codes, GEO.stream_bos, GEO.stream_eos)
+    n = min(raw.shape[0], frames.shape[0])
+    differs = (raw[:n] != frames[:n]).any(-1).nonzero().flatten()
+    same_until = int(differs[0]) if differs.numel() else n - 1
+    assert same_until >= 4
+    predicted = out.predicted_codes[:same_until]  # row r predicts target frame r + 1 (frame 0 is never labelled)
+    target = raw[1 : same_until + 1]
+    real = target < GEO.codec_codebook_size  # frames the delay pattern did not force to BOS/EOS
+    assert real.sum() >= 4 and torch.equal(predicted[real], target[real])
+
+
+def test_generate_command_writes_a_wav(assets, tmp_path: Path) -> None:
+    from tests.test_cli import _run, _train_args
+
+    _run([sys.executable, "-m", "ds_train", *_train_args(assets, tmp_path / "run"), "train.max_steps=2"])
+    ref = sorted((assets.manifest.parent / "wavs").glob("*.wav"))[0]
+    out = tmp_path / "cloned.wav"
+    proc = _run([sys.executable, "-m", "ds_train", "generate", "--checkpoint", str(tmp_path / "run"),
+                 "--ref-audio", str(ref), "--ref-text", "Some words.", "--text", "Other words.", "--out", str(out),
+                 "--max-seconds", "1"])  # fmt: skip
+    wave, rate = sf.read(str(out))
+    assert rate == 24000 and 0 < wave.shape[0] <= 24000 * 1.5 and f"wrote {out}" in proc.stdout
