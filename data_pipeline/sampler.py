@@ -77,8 +77,10 @@ class PositionalBatchSampler(Sampler[list[int]]):
             self.consumed += 1
             yield batch
 
-    def state_dict(self) -> dict:
-        p = self.position(self.consumed)
+    def state_dict(self, consumed: int | None = None) -> dict:
+        """The position after `consumed` micro-batches (default: as many as were yielded; a DataLoader prefetching
+        ahead of training has pulled more than were trained on, so the trainer passes its own count)."""
+        p = self.position(self.consumed if consumed is None else consumed)
         return {"consumed": p.consumed, "epoch": p.epoch, "offset": p.offset, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:

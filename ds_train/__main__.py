@@ -115,9 +115,10 @@ def _print_where(result) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     print(f"\nTensorBoard logs: {result.tensorboard_dir}")
-    best = ""
-    if result.eval_losses and (result.checkpoint_dir / "best").is_file():
-        best = f", best eval loss: {(result.checkpoint_dir / 'best').read_text().strip()}"
+    from ds_train.checkpointing import BEST_FILE, pointed_tag
+
+    best_tag = pointed_tag(result.checkpoint_dir, BEST_FILE) if result.eval_losses else None
+    best = f", best eval loss: {best_tag}" if best_tag else ""
     print(f"Checkpoints:      {result.checkpoint_dir} (latest: global_step{result.final_step}{best})")
     print(f"View them with:   tensorboard --logdir {result.tensorboard_dir}")
 

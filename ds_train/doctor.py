@@ -17,7 +17,6 @@ import torch
 import transformers
 
 from data_pipeline.layout import IGNORE_INDEX
-from data_pipeline.whisper_features import attach_features
 from ds_train.config import RunConfig
 from ds_train.monitor import HealthError
 from ds_train.safe_decode import safe_decode_text
@@ -65,7 +64,7 @@ def _label_alignment(trainer, batch: dict) -> Check:
 
 
 def run_doctor(cfg: RunConfig) -> list[Check]:
-    from ds_train.engine import Trainer, _to_device
+    from ds_train.engine import Trainer
 
     for field in ("on_whisper_features", "on_codec_codes", "on_grad_norm", "on_nonfinite_loss", "on_params_unchanged",
                   "on_lr_floor"):  # fmt: skip
@@ -107,7 +106,7 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
         detail = f"{len(held_out)} examples, {len(held_out.rejects)} rejected rows"
         checks.append(Check("eval data", len(held_out) > 0, detail))
     batch = next(iter(trainer.loader))
-    batch = attach_features(_to_device(batch, trainer.device), trainer.log_mel)
+    batch = trainer.prepare_batch(batch)
     feats = batch.get("whisper_input_features")
     checks.append(_label_alignment(trainer, batch))
     try:

@@ -10,7 +10,7 @@ import random
 import resource
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
@@ -26,7 +26,7 @@ from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
 from data_pipeline.prepare import DATASET_FILE
 from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.sampler import DataPosition, ResumableBatchSampler
+from data_pipeline.sampler import ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
 from ds_train import checkpointing
@@ -124,30 +124,37 @@ def _check_prepared_codec(prepared: str, key: str, codec: str, codec_path: str |
 def build_data(cfg: RunConfig, tokenizer, rank: int) -> DataParts:
     """The training set (data.prepared or data.manifest), the optional eval set, the collator and the codec."""
     d = cfg.data
-    if d.prepared and not d.codec_path:
+    if d.prepared and not d.codec_path:  # the codec the shards were encoded with
         meta = json.loads((Path(d.prepared) / DATASET_FILE).read_text())
         d.codec, d.codec_path = meta["codec"], meta["codec_path"]
-    elif d.prepared:
-        _check_prepared_codec(d.prepared, "data.prepared", d.codec, d.codec_path)
-    if d.eval_prepared:
-        _check_prepared_codec(d.eval_prepared, "data.eval_prepared", d.codec, d.codec_path)
+    for key, prepared in (("data.prepared", d.prepared), ("data.eval_prepared", d.eval_prepared)):
+        if prepared:
+            _check_prepared_codec(prepared, key, d.codec, d.codec_path)
     if not d.prepared and not d.manifest:
         raise ValueError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
     codec = build_codec(cfg)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
-    options = LayoutOptions(
-        whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head
-    )
-    layout = LayoutBuilder(tokenizer, geometry, options)
+    layout = build_layout(cfg, tokenizer, geometry)
     dataset = _open_dataset(d.prepared, d.manifest, codec, layout, rank)
     eval_dataset = None
     if d.eval_prepared or d.eval_manifest:
         eval_dataset = _open_dataset(d.eval_prepared, d.eval_manifest, codec, layout, rank)
-    collator = VoiceCloningCollator(
+    return DataParts(dataset, eval_dataset, build_collator(cfg, tokenizer, geometry), codec)
+
+
+def build_layout(cfg: RunConfig, tokenizer, geometry: AudioGeometry) -> LayoutBuilder:
+    """The token layout the run config asks for (Whisper span and turn, text labels)."""
+    options = LayoutOptions(
+        whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head
+    )
+    return LayoutBuilder(tokenizer, geometry, options)
+
+
+def build_collator(cfg: RunConfig, tokenizer, geometry: AudioGeometry) -> VoiceCloningCollator:
+    return VoiceCloningCollator(
         pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled,
         whisper_on_device=features_on_device(cfg),
     )  # fmt: skip
-    return DataParts(dataset, eval_dataset, collator, codec)
 
 
 def build_sampler(cfg: RunConfig, dataset, rank: int, world_size: int):
@@ -177,7 +184,8 @@ class Trainer:
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
         self._monitor_state: dict | None = None  # monitor counters restored from a checkpoint
-        self._data_position: dict | None = None  # the sampler position restored from a checkpoint
+        self._sampler_state: dict | None = None  # the data position restored from a checkpoint
+        self._told_no_generation = False
         self.best_eval_loss = math.inf  # lowest eval/loss so far (restored on resume)
         self.rows_seen = 0  # rows fetched by this rank, and how many of them failed to load
         self.bad_samples = 0
@@ -220,8 +228,8 @@ class Trainer:
         self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, t.min_lr)
         self.sampler = build_sampler(cfg, self.dataset, self.rank, self.world_size)
         self.sampler.consumed = self.micro_batches
-        if self._data_position is not None:
-            self.sampler.resume_at(DataPosition(**self._data_position))
+        if self._sampler_state is not None:
+            self.sampler.load_state_dict(self._sampler_state)
         workers = cfg.data.num_workers
         # Pinned host memory makes the non_blocking copy to the GPU asynchronous.
         self.loader = DataLoader(
@@ -243,12 +251,12 @@ class Trainer:
         self.evaluator = None
         if self.eval_dataset is not None and t.eval_every > 0:
             self.evaluator = Evaluator(
-                self.eval_dataset, self.collator, self._prepare_batch, self.geometry.num_codebooks,
+                self.eval_dataset, self.collator, self.prepare_batch, self.geometry.num_codebooks,
                 cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
             )  # fmt: skip
         return self
 
-    def _prepare_batch(self, batch: dict) -> dict:
+    def prepare_batch(self, batch: dict) -> dict:
         """A collated batch on the training device, with the Whisper features computed there when they are."""
         return attach_features(_to_device(batch, self.device), self.log_mel)
 
@@ -270,7 +278,7 @@ class Trainer:
         states = client["rng"]
         _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
         self._monitor_state = client.get("monitor")
-        self._data_position = client.get("data_position")  # absent in older checkpoints: same rank count assumed
+        self._sampler_state = client.get("data_position")  # absent in older checkpoints: same rank count assumed
         self.best_eval_loss = float(client.get("best_eval_loss", math.inf))
         log.info("resumed from %s at step %d", load_path, self.engine.global_steps)
 
@@ -323,7 +331,7 @@ class Trainer:
             data_wait += time.perf_counter() - fetch
             if self._count_bad_samples(batch.pop("bad_samples", []), len(batch.get("sample_ids", ()))):
                 continue  # the whole micro-batch failed to load
-            batch = self._prepare_batch(batch)
+            batch = self.prepare_batch(batch)
             out = engine(**batch)
             self.monitor.observe_batch(batch, out)
             if not self._loss_is_finite(out.loss):
@@ -407,7 +415,7 @@ class Trainer:
     def _log_generated(self, step: int, batch: dict) -> None:
         """Rank 0: free-running generation for the batch's first sample -> TensorBoard `eval_samples/generated`."""
         if self.engine.zero_optimization_stage() >= 3:
-            if not getattr(self, "_told_no_generation", False):
+            if not self._told_no_generation:
                 log.info("monitor.generate_seconds: skipped under ZeRO-3 (no rank holds every weight)")
                 self._told_no_generation = True
             return
@@ -440,7 +448,7 @@ class Trainer:
         client = {
             "micro_batches": self.micro_batches,
             # epoch and global position, so a resume on another rank count continues the interrupted epoch
-            "data_position": asdict(self.sampler.position(self.micro_batches)),
+            "data_position": self.sampler.state_dict(self.micro_batches),
             "rng": states,
             "run_config": self.cfg.to_dict(),
             "monitor": self.monitor.state_dict(),

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions
-from data_pipeline.text_tokens import SpecialTokenIds
+from data_pipeline.layout import AudioGeometry, LayoutBuilder
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
 from ds_train.model import VoiceCloningModel
 from ds_train.safe_decode import sanitize_codes
@@ -141,7 +140,7 @@ def clone_voice(
     from data_pipeline.audio import load_mono, resample
     from data_pipeline.layout import WHISPER_SAMPLE_RATE
     from ds_train.build import build_codec
-    from ds_train.engine import features_on_device
+    from ds_train.engine import build_collator, build_layout
     from ds_train.export import load_checkpoint_model
 
     torch.manual_seed(seed)
@@ -150,14 +149,7 @@ def clone_voice(
     model.to(device)
     codec = build_codec(cfg, device)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
-    options = LayoutOptions(
-        whisper=cfg.whisper.enabled, whisper_turn=cfg.whisper.placement, text_labels=cfg.model.text_head
-    )
-    layout = LayoutBuilder(tokenizer, geometry, options)
-    collator = VoiceCloningCollator(
-        pad_token_id=SpecialTokenIds.from_tokenizer(tokenizer).pad, geometry=geometry, whisper=cfg.whisper.enabled,
-        whisper_on_device=features_on_device(cfg),
-    )  # fmt: skip
+    layout, collator = build_layout(cfg, tokenizer, geometry), build_collator(cfg, tokenizer, geometry)
     wave, rate = load_mono(Path(ref_audio))
     (ref_codes,) = codec.encode([wave], rate)
     prompt = build_prompt(layout, collator, ref_text, ref_codes, text, resample(wave, rate, WHISPER_SAMPLE_RATE))

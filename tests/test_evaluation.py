@@ -48,7 +48,7 @@ def test_eval_metrics_do_not_depend_on_batching_and_leave_the_model_alone(assets
     results = []
     for batch_size, max_tokens in [(4, 0), (1, 0), (7, 0), (4, 3000)]:
         trainer.evaluator = Evaluator(
-            trainer.eval_dataset, trainer.collator, trainer._prepare_batch, trainer.geometry.num_codebooks,
+            trainer.eval_dataset, trainer.collator, trainer.prepare_batch, trainer.geometry.num_codebooks,
             batch_size, max_tokens, trainer.rank, trainer.world_size, trainer.device,
         )  # fmt: skip
         results.append(trainer.evaluate())
