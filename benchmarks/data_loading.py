@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
-from ds_train.engine import Trainer  # noqa: E402
+from ds_train.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -29,12 +29,12 @@ def main() -> None:
             f"train.deepspeed_config={REPO / 'ds_configs' / 'zero2_fp32.json'}", "train.tensorboard=false",
             "monitor.decode_every=0", "train.max_steps=1000"]  # fmt: skip
 
-    trainer = Trainer(load_run_config(REPO / "ds_configs" / "demo.yaml", [*base, "data.num_workers=0"])).setup()
-    examples = [trainer.dataset[i] for i in range(len(trainer.dataset))]
+    trainer = Trainer(load_run_config(REPO / "ds_configs" / "demo.yaml", [*base, "data.num_workers=0"]))
+    examples = [trainer.data.dataset[i] for i in range(len(trainer.data.dataset))]
     torch.set_num_threads(1)
     start, count = time.perf_counter(), 0
     while time.perf_counter() - start < 5:
-        trainer.collator(examples[(count * 8) % 40 : (count * 8) % 40 + 8])
+        trainer.data.collator(examples[(count * 8) % 40 : (count * 8) % 40 + 8])
         count += 1
     per_s = count * 8 / (time.perf_counter() - start)
     torch.set_num_threads(2)
@@ -44,7 +44,7 @@ def main() -> None:
 
     for workers in (0, 1, 2):
         cfg = load_run_config(REPO / "ds_configs" / "demo.yaml", [*base, f"data.num_workers={workers}"])
-        trainer = Trainer(cfg).setup()
+        trainer = Trainer(cfg)
         values = [trainer.train_step().values for _ in range(args.steps + 3)][3:]
         wait = statistics.mean(v["perf/data_wait_frac"] for v in values)
         step = statistics.median(v["perf/step_time_s"] for v in values)

@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader
 
 from benchmarks._corpus import REPO
 from benchmarks.padding import WORDS
-from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import DATASET_FILE, merge
+from data_pipeline.layout import LayoutBuilder, LayoutOptions
+from data_pipeline.prepare import merge
 from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.shards import EncodedRow, shard_name, write_shard
+from data_pipeline.samplers import TokenBudgetBatchSampler
+from data_pipeline.shards import DATASET_FILE, EncodedRow, shard_name, write_shard
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.types import AudioGeometry
 
 GEOMETRY = AudioGeometry(8, 1024)
 H100_BF16_FLOPS, TARGET_MFU = 989e12, 0.45

@@ -31,8 +31,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     import torch
 
     from data_pipeline.collator import VoiceCloningCollator
-    from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions
+    from data_pipeline.layout import LayoutBuilder, LayoutOptions
     from data_pipeline.text_tokens import build_tiny_tokenizer
+    from data_pipeline.types import AudioGeometry
     from ds_train.build import build_model
     from ds_train.config import RunConfig
     from ds_train.presets import LLM_PRESETS

@@ -22,8 +22,9 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
 from data_pipeline.collator import VoiceCloningCollator  # noqa: E402
-from data_pipeline.layout import AudioGeometry, LayoutBuilder, LayoutOptions  # noqa: E402
+from data_pipeline.layout import LayoutBuilder, LayoutOptions  # noqa: E402
 from data_pipeline.text_tokens import build_tiny_tokenizer  # noqa: E402
+from data_pipeline.types import AudioGeometry
 from ds_train.build import build_model  # noqa: E402
 from ds_train.config import RunConfig  # noqa: E402
 from ds_train.distributed import init_distributed  # noqa: E402

@@ -20,10 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
-from data_pipeline.whisper_features import attach_features  # noqa: E402
 from ds_train import presets  # noqa: E402
+from ds_train.batch_stream import BatchStream  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
-from ds_train.engine import Trainer, _to_device  # noqa: E402
+from ds_train.trainer import Trainer  # noqa: E402
 
 # A mid-size LLM for CPU: big enough that the step is compute-bound, small enough to run here.
 presets.LLM_PRESETS.setdefault("mid", dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
@@ -45,15 +45,17 @@ def main() -> None:
         f"data.micro_batch_size={args.micro_batch}", "data.num_workers=0", "train.tensorboard=false",
         f"train.max_steps={10 * args.steps}", "monitor.decode_every=0",
     ])  # fmt: skip
-    trainer = Trainer(cfg).setup()
-    batches = [trainer.collator([trainer.dataset[i] for i in idx]) for idx in itertools.islice(trainer.sampler, 8)]
+    trainer = Trainer(cfg)
+    data, sampler = trainer.data, trainer.batches.sampler
+    batches = [data.collator([data.dataset[i] for i in idx]) for idx in itertools.islice(sampler, 8)]
     cycle = itertools.cycle(batches)
-    trainer._batches = cycle  # the trainer reads the same pre-collated batches as the bare loop
+    # the trainer reads the same pre-collated batches as the bare loop
+    trainer.batches = BatchStream(sampler, lambda _: cycle, cfg.data.max_bad_fraction)
     engine = trainer.engine
 
     def bare_step() -> None:
         for _ in range(engine.gradient_accumulation_steps()):
-            batch = attach_features(_to_device(next(cycle), trainer.device), trainer.log_mel)
+            batch = trainer.prepare_batch(next(cycle))
             batch.pop("bad_samples", None)
             out = engine(**batch)
             engine.backward(out.loss)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, BadSample, VoiceCloningExample
+from data_pipeline.types import IGNORE_INDEX, AudioGeometry, BadSample, VoiceCloningExample
 from data_pipeline.whisper_features import EmptyWhisperFeaturesError, WhisperLogMel
 
 __all__ = ["EmptyWhisperFeaturesError", "VoiceCloningCollator"]

@@ -12,8 +12,9 @@ from tqdm import tqdm
 
 from data_pipeline.codecs import Codec
 from data_pipeline.encode_rows import encode_rows
-from data_pipeline.layout import LayoutBuilder, VoiceCloningExample
+from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject, read_manifest
+from data_pipeline.types import VoiceCloningExample
 from data_pipeline.validation import Limits
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import torch
 
 from data_pipeline.audio import resample
 from data_pipeline.codecs import Codec
-from data_pipeline.layout import WHISPER_SAMPLE_RATE
 from data_pipeline.manifest import ManifestRow, Reject
 from data_pipeline.shards import EncodedRow
 from data_pipeline.validation import (
@@ -26,6 +25,7 @@ from data_pipeline.validation import (
     check_text,
     load_checked_audio,
 )
+from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
 
 AudioKey = tuple[Path, str]  # (file, "reference" | "target" | "" for the file itself)
 

@@ -23,33 +23,12 @@ from transformers import PreTrainedTokenizerBase
 
 from data_pipeline.delay_pattern import add_stream_markers_and_delay
 from data_pipeline.text_tokens import AUDIO_EOS, AUDIO_OUT, AUDIO_OUT_BOS, SpecialTokenIds
+from data_pipeline.types import IGNORE_INDEX, AudioGeometry, VoiceCloningExample
+from data_pipeline.whisper_features import WHISPER_CHUNK_SAMPLES
 
-IGNORE_INDEX = -100
 SYSTEM_PROMPT = "Generate audio following instruction."
-WHISPER_SAMPLE_RATE = 16000
-WHISPER_CHUNK_SAMPLES = 30 * WHISPER_SAMPLE_RATE
 # Whisper: 100 mel frames/s, conv stride 2 -> 50/s, then 2x average pooling -> 25 tokens/s (640 samples at 16 kHz).
 WHISPER_SAMPLES_PER_TOKEN = 640
-
-
-@dataclass(frozen=True)
-class AudioGeometry:
-    """Codec geometry as the model sees it: stream BOS/EOS ids sit just past the codec's codebook."""
-
-    num_codebooks: int
-    codec_codebook_size: int
-
-    @property
-    def stream_bos(self) -> int:
-        return self.codec_codebook_size
-
-    @property
-    def stream_eos(self) -> int:
-        return self.codec_codebook_size + 1
-
-    @property
-    def model_codebook_size(self) -> int:
-        return self.codec_codebook_size + 2
 
 
 @dataclass
@@ -58,36 +37,6 @@ class LayoutOptions:
     whisper_turn: str = "user"  # "user" or "system": which turn carries the reference waveform's <|AUDIO|> span
     text_labels: bool = False  # label the target text too (only useful with a text head)
     label_stream_eos: bool = True  # the model must learn to stop; transformers' processor masks it
-
-
-@dataclass(frozen=True)
-class BadSample:
-    """A row that failed to load at training time: dropped by the collator, counted by the trainer."""
-
-    sample_id: str
-    reason: str
-
-
-@dataclass
-class VoiceCloningExample:
-    """One tokenized sample.
-
-    input_ids [L]; labels [L] (text labels, IGNORE_INDEX where unlabelled); audio_frames [F, C] delayed codes for every
-    audio-out span in order; audio_labels [F, C]; whisper_chunks: list of 16 kHz waveform chunks (each <= 30 s) whose
-    <|AUDIO|> spans appear in input_ids in the same order, with whisper_tokens[i] placeholders each.
-    """
-
-    sample_id: str
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    audio_frames: torch.Tensor
-    audio_labels: torch.Tensor
-    whisper_chunks: list[torch.Tensor]
-    whisper_tokens: list[int]
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.numel())
 
 
 def whisper_token_count(num_samples: int) -> int:

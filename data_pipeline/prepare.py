@@ -31,13 +31,10 @@ from tqdm import tqdm
 from data_pipeline.codecs import Codec, load_codec
 from data_pipeline.encode_rows import encode_rows
 from data_pipeline.manifest import Reject, read_manifest
-from data_pipeline.shards import shard_index, shard_name, write_shard
+from data_pipeline.shards import DATASET_FILE, INDEX_FILE, REJECTS_FILE, shard_index, shard_name, write_shard
 from data_pipeline.validation import Limits
 
 log = logging.getLogger("data_pipeline.prepare")
-DATASET_FILE = "dataset.json"
-INDEX_FILE = "index.parquet"
-REJECTS_FILE = "rejects.jsonl"
 
 
 @dataclass

@@ -14,10 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
-from data_pipeline.layout import BadSample, LayoutBuilder, VoiceCloningExample
+from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
-from data_pipeline.prepare import DATASET_FILE, INDEX_FILE, REJECTS_FILE
-from data_pipeline.shards import EncodedRow, ShardReader, row_from_table, shard_name
+from data_pipeline.shards import (
+    DATASET_FILE,
+    INDEX_FILE,
+    REJECTS_FILE,
+    EncodedRow,
+    ShardReader,
+    row_from_table,
+    shard_name,
+)
+from data_pipeline.types import BadSample, VoiceCloningExample
 
 OPEN_SHARDS = 64  # open shard files per process (metadata only: rows are read one row group at a time)
 # Decoded row groups kept per process. Tiny with today's 4-row groups; shards written before them are one group each,

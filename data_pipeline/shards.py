@@ -34,6 +34,11 @@ INDEX_COLUMNS = [
 ]  # fmt: skip
 
 
+# The files of a prepared set besides its shards.
+DATASET_FILE = "dataset.json"  # codec, geometry and settings the set was prepared with
+INDEX_FILE = "index.parquet"  # one row per example: what batching needs without opening the shards
+REJECTS_FILE = "rejects.jsonl"  # every manifest row that did not become an example, with its reason
+
 # Training reads rows in random order and Parquet decodes whole row groups: with small groups one row costs ~1 ms to
 # read instead of the whole shard's ~0.6 ms per row (measured on a 60 MB, 200-row shard), for ~1 % more disk.
 ROW_GROUP_ROWS = 4

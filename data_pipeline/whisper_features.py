@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 WHISPER_MEL_BINS = 128
-CHUNK_SAMPLES = 480_000  # 30 s at 16 kHz
+WHISPER_SAMPLE_RATE = 16000
+WHISPER_CHUNK_SAMPLES = 30 * WHISPER_SAMPLE_RATE  # Whisper reads 30 s chunks
 HOP = 160
 N_FFT = 400
-FRAMES = CHUNK_SAMPLES // HOP  # 3000
+FRAMES = WHISPER_CHUNK_SAMPLES // HOP  # 3000
 
 
 class EmptyWhisperFeaturesError(ValueError):
@@ -45,10 +46,10 @@ class WhisperLogMel:
                 f"Whisper front end got waveforms of shape {tuple(waves.shape)} and {lengths.numel()} lengths; "
                 "expected [N > 0, samples] with one length per chunk"
             )
-        if waves.shape[1] > CHUNK_SAMPLES:
-            raise ValueError(f"Whisper chunks are at most {CHUNK_SAMPLES} samples (30 s), got {waves.shape[1]}")
+        if waves.shape[1] > WHISPER_CHUNK_SAMPLES:
+            raise ValueError(f"Whisper chunks are at most {WHISPER_CHUNK_SAMPLES} samples (30 s), got {waves.shape[1]}")
         filters, window = self._constants(waves.device)
-        waves = torch.nn.functional.pad(waves.float(), (0, CHUNK_SAMPLES - waves.shape[1]))
+        waves = torch.nn.functional.pad(waves.float(), (0, WHISPER_CHUNK_SAMPLES - waves.shape[1]))
         stft = torch.stft(waves, N_FFT, HOP, window=window, return_complex=True)
         power = (stft[..., :-1].abs() ** 2).contiguous()  # [N, 201, 3000]
         log_spec = (filters @ power).clamp(min=1e-10).log10()

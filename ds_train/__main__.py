@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         from ds_train.config import load_run_config
-        from ds_train.engine import has_checkpoint, train
+        from ds_train.trainer import has_checkpoint, train
 
         cfg = load_run_config(args.config, args.overrides)
         resume = args.resume or (args.auto_resume and has_checkpoint(cfg))
@@ -115,7 +115,7 @@ def _print_where(result) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     print(f"\nTensorBoard logs: {result.tensorboard_dir}")
-    from ds_train.checkpointing import BEST_FILE, pointed_tag
+    from ds_train.checkpoint import BEST_FILE, pointed_tag
 
     best_tag = pointed_tag(result.checkpoint_dir, BEST_FILE) if result.eval_losses else None
     best = f", best eval loss: {best_tag}" if best_tag else ""

@@ -11,12 +11,12 @@ from transformers import HiggsAudioV2ForConditionalGeneration, PreTrainedTokeniz
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from data_pipeline.codecs import Codec, load_codec
-from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer, load_tokenizer
+from data_pipeline.types import AudioGeometry
 from ds_train.config import ConfigError, RunConfig
-from ds_train.grad_norms import PARTS, part_of
 from ds_train.lora import add_lora
 from ds_train.model import PROJECTOR_FILE, VoiceCloningModel, WhisperTower, load_whisper_encoder
+from ds_train.parts import parse_part_names, part_of
 from ds_train.presets import llm_config, whisper_config
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,12 @@ def check_special_tokens(llm_cfg, special: SpecialTokenIds, source: str) -> None
         raise ConfigError(f"{source}: model config and tokenizer disagree on token ids (model, tokenizer): {wrong}")
 
 
-FREEZE_ALIASES = {"llm": "llm_attention_text_ffn"}
-
-
 def freeze_parts(model: VoiceCloningModel, spec: str) -> None:
-    """Set requires_grad=False on the named parts (see ModelSection.freeze)."""
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    parts = {FREEZE_ALIASES.get(n, n) for n in names}
-    unknown = parts - set(PARTS)
-    if unknown:
-        raise ConfigError(f"model.freeze: unknown parts {sorted(unknown)}; choose from llm, {', '.join(PARTS[1:])}")
+    """Set requires_grad=False on the named parts (see ModelSection.freeze and ds_train/parts.py)."""
+    try:
+        parts = parse_part_names(spec, "model.freeze")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     for name, param in model.named_parameters():
         if part_of(name) in parts:
             param.requires_grad_(False)

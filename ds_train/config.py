@@ -1,26 +1,64 @@
 """The run config: one YAML file (dataclass-checked), overridable from the command line as `section.key=value`.
 
 Relative paths inside a YAML file are relative to that file's folder; paths given as overrides are relative to the
-current directory. `train.output_dir` is always relative to the current directory.
+current directory. `train.output_dir` is always relative to the current directory. A config is built once, by
+`RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is defined; values resolved
+at run time (the codec of a prepared set, the doctor's policies) make a new config with `with_overrides`, never a
+mutation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+from ds_train.health import HealthCheck
 
 
 class ConfigError(ValueError):
     """A run or DeepSpeed config is invalid; the message says which key and why."""
 
 
+Policy = Literal["warn", "halt"]
+CHECK_POLICIES: tuple[str, ...] = typing.get_args(Policy)
+
+
+class _Section:
+    """Validation shared by the sections: `Literal` fields must hold one of their choices, then `check()` runs."""
+
+    def validate(self, section: str) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            choices = _literal_choices(hints[f.name])
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                shown = ", ".join(repr(c) for c in choices)
+                raise ConfigError(f"{section}.{f.name} must be one of {shown}, got {value!r}")
+        self.check(section)
+
+    def check(self, section: str) -> None:
+        """Cross-field rules of the section (override to add some)."""
+
+
+def _literal_choices(hint: Any) -> tuple:
+    """The allowed values of a `Literal[...]` (or `Literal[...] | None`) type hint; () for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    args = typing.get_args(hint)
+    literals = [a for a in args if typing.get_origin(a) is Literal]
+    if literals and type(None) in args:
+        return (*typing.get_args(literals[0]), None)
+    return ()
+
+
 @dataclass
-class ModelSection:
+class ModelSection(_Section):
     preset: str = "tiny"  # random-init size when `path` is unset: tiny | 1b | 3b
     path: str | None = None  # local transformers-format HiggsAudioV2 directory (tokenizer included)
     tokenizer_path: str | None = None  # defaults to `path`; presets build a small BPE tokenizer
@@ -33,23 +71,29 @@ class ModelSection:
     lora_dropout: float = 0.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention, text and audio FFN
 
+    def check(self, section: str) -> None:
+        if self.lora_rank < 0:
+            raise ConfigError(f"{section}.lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
+
 
 @dataclass
-class WhisperSection:
+class WhisperSection(_Section):
     enabled: bool = True
     preset: str = "tiny"  # random-init encoder when `path` is unset: tiny | large-v3
     path: str | None = None  # local Whisper checkpoint directory (128 mel bins)
     trainable: bool = True  # False freezes the encoder; the projector still trains
-    placement: str = "user"  # turn that carries the reference's <|AUDIO|> span: user | system
+    placement: Literal["user", "system"] = "user"  # turn that carries the reference's <|AUDIO|> span
     # where log-mel features are computed: loader (DataLoader workers, CPU) | device (training device, after the
     # batch is moved there) | auto (device on a GPU, else loader)
-    features_on: str = "auto"
+    features_on: Literal["auto", "loader", "device"] = "auto"
 
 
 @dataclass
-class DataSection:
+class DataSection(_Section):
     manifest: str | None = None  # JSONL: id, ref_audio, ref_text, audio, text[, speaker, scene]
-    codec: str = "dac"
+    # None: the codec a prepared set was encoded with, else "dac"; an explicit codec that contradicts the prepared set
+    # is an error
+    codec: Literal["dac", "higgs"] | None = None
     codec_path: str | None = None  # local codec weights
     prepared: str | None = None  # a data_pipeline.prepare output folder (used instead of manifest when set)
     micro_batch_size: int = 4  # examples per micro-batch when max_tokens is 0
@@ -60,9 +104,17 @@ class DataSection:
     eval_manifest: str | None = None
     eval_prepared: str | None = None
 
+    def check(self, section: str) -> None:
+        if self.eval_manifest and self.eval_prepared:
+            raise ConfigError(f"set {section}.eval_manifest or {section}.eval_prepared, not both")
+        if self.micro_batch_size < 1:
+            raise ConfigError(f"{section}.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"{section}.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
 
 @dataclass
-class TrainSection:
+class TrainSection(_Section):
     deepspeed_config: str = "zero2_bf16.json"
     output_dir: str = "runs/default"
     max_steps: int = 300  # optimizer steps
@@ -84,26 +136,44 @@ class TrainSection:
     # Fault injection for resilience tests: rank 0 SIGKILLs itself right after saving this step (0 = off).
     debug_kill_after_step: int = 0
 
-
-CHECK_POLICIES = ("warn", "halt")
+    def check(self, section: str) -> None:
+        if self.eval_every < 0:
+            raise ConfigError(f"{section}.eval_every must be >= 0 (0 = never), got {self.eval_every}")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(
+                f"{section}.gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"{section}.lr must be > 0, got {self.lr}")
 
 
 @dataclass
-class MonitorSection:
+class MonitorSection(_Section):
     """Health checks run every step; each is "warn" or "halt" (stop after `halt_after` consecutive failing steps)."""
 
     halt_after: int = 3
-    on_whisper_features: str = "halt"  # Whisper on, but features empty/all zeros or no <|AUDIO|> position got them
-    on_codec_codes: str = "halt"  # no codes at audio placeholders, or no labelled audio tokens
-    on_grad_norm: str = "halt"  # global grad norm zero or non-finite
-    on_nonfinite_loss: str = "halt"  # the micro-batch is skipped either way
-    on_params_unchanged: str = "warn"  # trainable weights did not move over a step
-    on_lr_floor: str = "warn"  # effective LR below train.min_lr (the floor clamps it; this reports the schedule)
+    # One policy per `HealthCheck` (ds_train/health.py), named on_<check>.
+    on_whisper_features: Policy = "halt"  # Whisper on, but features empty/all zeros or no <|AUDIO|> position got them
+    on_codec_codes: Policy = "halt"  # no codes at audio placeholders, or no labelled audio tokens
+    on_grad_norm: Policy = "halt"  # global grad norm zero or non-finite
+    on_nonfinite_loss: Policy = "halt"  # the micro-batch is skipped either way
+    on_params_unchanged: Policy = "warn"  # trainable weights did not move over a step
+    on_lr_floor: Policy = "warn"  # effective LR below train.min_lr (the floor clamps it; this reports the schedule)
     part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
     decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
     # Each evaluation, rank 0 also generates (free-running, greedy) up to this many seconds for one held-out sample
     # and logs it as TensorBoard audio; ZeRO-0/1/2 only (under ZeRO-3 no rank holds every weight). 0 = off.
     generate_seconds: float = 10.0
+
+    def policy(self, check: HealthCheck) -> Policy:
+        return getattr(self, check.config_key)
+
+    def check(self, section: str) -> None:
+        missing = [c.config_key for c in HealthCheck if not hasattr(self, c.config_key)]
+        if missing:  # a check added to HealthCheck needs its policy field here
+            raise ConfigError(f"{section} lacks policies {missing}")
+        if self.halt_after < 1:
+            raise ConfigError(f"{section}.halt_after must be >= 1, got {self.halt_after}")
 
 
 @dataclass
@@ -116,6 +186,46 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base: Path | None = None, source: str = "run config") -> RunConfig:
+        """The one constructor: {section: {key: value}} (a YAML file, or a checkpoint's saved config) -> a validated
+        config. Relative paths are resolved against `base` when given."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        cfg = cls()
+        for section, values in raw.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value, base)
+        cfg.validate()
+        return cfg
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...], base: Path | None = None) -> RunConfig:
+        """A new, validated config with `section.key=value` overrides (YAML values) applied; relative paths are
+        resolved against `base` (default: the current directory). This config is left as it is."""
+        values = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            key, text = item.split("=", 1)
+            values[key.strip()] = yaml.safe_load(text) if text != "" else None
+        return self.with_values(values, base or Path.cwd())
+
+    def with_values(self, values: dict[str, Any], base: Path | None = None) -> RunConfig:
+        """A new, validated config with {"section.key": value} set; this config is left as it is."""
+        cfg = dataclasses.replace(
+            self, **{f.name: dataclasses.replace(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
+        for key, value in values.items():
+            _set(cfg, key, value, base)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
 
 
 # Fields holding file paths, resolved against the YAML file's folder.
@@ -142,18 +252,18 @@ def _set(cfg: RunConfig, dotted: str, value: Any, base: Path | None) -> None:
     names = {f.name: f for f in dataclasses.fields(section)}
     if parts[1] not in names:
         raise ConfigError(f"unknown config key {dotted!r}; valid keys in '{parts[0]}': {', '.join(sorted(names))}")
-    current = getattr(section, parts[1])
-    if isinstance(value, str) and isinstance(current, float):
+    default = names[parts[1]].default
+    if isinstance(value, str) and isinstance(default, float):
         # YAML 1.1 reads "5e-4" (no dot) as a string
         try:
             value = float(value)
         except ValueError:
             pass
-    if value is not None and current is not None and not isinstance(value, type(current)):
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    if value is not None and default is not None and not isinstance(value, type(default)):
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         else:
-            raise ConfigError(f"{dotted} must be {type(current).__name__}, got {value!r}")
+            raise ConfigError(f"{dotted} must be {type(default).__name__}, got {value!r}")
     if (parts[0], parts[1]) in _PATH_FIELDS and value is not None and base is not None:
         value = str((base / value).resolve()) if not Path(value).is_absolute() else value
     setattr(section, parts[1], value)
@@ -166,31 +276,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"run config {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        for section, values in raw.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: section {section!r} must be a mapping")
-            for key, value in values.items():
-                _set(cfg, f"{section}.{key}", value, path.parent.resolve())
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, text = item.split("=", 1)
-        _set(cfg, key.strip(), yaml.safe_load(text) if text != "" else None, Path.cwd())
-    for f in dataclasses.fields(cfg.monitor):
-        if f.name.startswith("on_") and getattr(cfg.monitor, f.name) not in CHECK_POLICIES:
-            raise ConfigError(f"monitor.{f.name} must be one of {CHECK_POLICIES}, got {getattr(cfg.monitor, f.name)!r}")
-    if cfg.whisper.placement not in ("user", "system"):
-        raise ConfigError(f"whisper.placement must be 'user' or 'system', got {cfg.whisper.placement!r}")
-    if cfg.whisper.features_on not in ("auto", "loader", "device"):
-        raise ConfigError(f"whisper.features_on must be auto, loader or device, got {cfg.whisper.features_on!r}")
-    if cfg.data.eval_manifest and cfg.data.eval_prepared:
-        raise ConfigError("set data.eval_manifest or data.eval_prepared, not both")
-    if cfg.train.eval_every < 0:
-        raise ConfigError(f"train.eval_every must be >= 0 (0 = never), got {cfg.train.eval_every}")
-    return cfg
+        cfg = RunConfig.from_dict(yaml.safe_load(path.read_text()) or {}, path.parent.resolve(), str(path))
+    return cfg.with_overrides(overrides)
 
 
 def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from data_pipeline.codecs import tiny_dac
 from data_pipeline.demo_corpus import EVAL_MANIFEST, make_demo_corpus
 from ds_train.config import load_run_config
 from ds_train.distributed import init_distributed, native_bf16
-from ds_train.engine import TrainResult, train
+from ds_train.trainer import TrainResult, train
 
 log = logging.getLogger("ds_train")
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "ds_configs" / "demo.yaml"

@@ -16,10 +16,11 @@ import deepspeed
 import torch
 import transformers
 
-from data_pipeline.layout import IGNORE_INDEX
+from data_pipeline.types import IGNORE_INDEX
 from ds_train.config import RunConfig
-from ds_train.monitor import HealthError
+from ds_train.health import HealthCheck, HealthError
 from ds_train.safe_decode import safe_decode_text
+from ds_train.trainer import Trainer
 
 
 @dataclass
@@ -29,21 +30,9 @@ class Check:
     detail: str
 
 
-HEALTH_CHECK_NAMES = {
-    "whisper_features": "1. Whisper features non-empty, placed",
-    "codec_codes": "2. codec codes at audio positions",
-    "grad_norm": "3. grad norm finite and > 0",
-    "lr_floor": "4. learning rate > 0 and >= floor",
-    "params_unchanged": "parameters changed",
-    "nonfinite_loss": "loss finite",
-}
-
-
 def _health_failure(err: HealthError) -> Check:
     """A check that stops the run before a step completes (e.g. nothing trainable) is reported under its own name."""
-    text = str(err)
-    tag = text.split("]", 1)[0].removeprefix("[health:") if text.startswith("[health:") else ""
-    return Check(HEALTH_CHECK_NAMES.get(tag, "one optimizer step"), False, text)
+    return Check(err.check.doctor_label, False, str(err))
 
 
 def _label_alignment(trainer, batch: dict) -> Check:
@@ -64,21 +53,18 @@ def _label_alignment(trainer, batch: dict) -> Check:
 
 
 def run_doctor(cfg: RunConfig) -> list[Check]:
-    from ds_train.engine import Trainer
-
-    for field in ("on_whisper_features", "on_codec_codes", "on_grad_norm", "on_nonfinite_loss", "on_params_unchanged",
-                  "on_lr_floor"):  # fmt: skip
-        setattr(cfg.monitor, field, "warn")  # collect every finding instead of stopping at the first
-    cfg.monitor.part_norms_every = 1
-    cfg.monitor.decode_every = 0
-    cfg.train.tensorboard = False
-    cfg.train.output_dir = tempfile.mkdtemp(prefix="ds_train_doctor_")
+    cfg = cfg.with_values({
+        # collect every finding instead of stopping at the first
+        **{f"monitor.{check.config_key}": "warn" for check in HealthCheck},
+        "monitor.part_norms_every": 1, "monitor.decode_every": 0, "train.tensorboard": False,
+        "train.output_dir": tempfile.mkdtemp(prefix="ds_train_doctor_"),
+    })  # fmt: skip
     checks = [
         Check("versions", None, f"python {platform.python_version()}, torch {torch.__version__}, deepspeed "
               f"{deepspeed.__version__}, transformers {transformers.__version__}"),
     ]  # fmt: skip
     try:
-        trainer = Trainer(cfg).setup()
+        trainer = Trainer(cfg)
     except HealthError as err:
         checks.append(_health_failure(err))
         return checks
@@ -98,15 +84,14 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
               f"micro-batch {engine.train_micro_batch_size_per_gpu()}, accumulation "
               f"{engine.gradient_accumulation_steps()}, clipping {engine.gradient_clipping()}, "
               f"offload {offload or 'none'}"),
-        Check("data", len(trainer.dataset) > 0,
-              f"{len(trainer.dataset)} examples, {len(trainer.dataset.rejects)} rejected rows"),
+        Check("data", len(trainer.data.dataset) > 0,
+              f"{len(trainer.data.dataset)} examples, {len(trainer.data.dataset.rejects)} rejected rows"),
     ]  # fmt: skip
-    held_out = trainer.eval_dataset
+    held_out = trainer.data.eval_dataset
     if held_out is not None:
         detail = f"{len(held_out)} examples, {len(held_out.rejects)} rejected rows"
         checks.append(Check("eval data", len(held_out) > 0, detail))
-    batch = next(iter(trainer.loader))
-    batch = trainer.prepare_batch(batch)
+    batch = trainer.prepare_batch(trainer.batches.next_batch())
     feats = batch.get("whisper_input_features")
     checks.append(_label_alignment(trainer, batch))
     try:
@@ -122,16 +107,16 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
     loss = stats.values["train/loss"]
     grad_ok = math.isfinite(grad_norm) and grad_norm > 0
     rows = [
-        ("whisper_features", True, whisper_detail),
-        ("codec_codes", True, f"{int(batch['audio_input_ids_mask'].sum())} frames, labelled targets present"),
-        ("grad_norm", grad_ok, f"{grad_norm:.4g}, clip {cfg.train.gradient_clipping}"),
-        ("lr_floor", lr > 0 and lr >= cfg.train.min_lr,
+        (HealthCheck.WHISPER_FEATURES, True, whisper_detail),
+        (HealthCheck.CODEC_CODES, True, f"{int(batch['audio_input_ids_mask'].sum())} frames, labelled targets present"),
+        (HealthCheck.GRAD_NORM, grad_ok, f"{grad_norm:.4g}, clip {cfg.train.gradient_clipping}"),
+        (HealthCheck.LR_FLOOR, lr > 0 and lr >= cfg.train.min_lr,
          f"step-1 LR {lr:.3g} (scheduler asked {stats.values['train/lr_scheduled']:.3g}), floor {cfg.train.min_lr:g}"),
-        ("params_unchanged", True, "yes"),
-        ("nonfinite_loss", math.isfinite(loss), f"{loss:.4f}"),
+        (HealthCheck.PARAMS_UNCHANGED, True, "yes"),
+        (HealthCheck.NONFINITE_LOSS, math.isfinite(loss), f"{loss:.4f}"),
     ]  # fmt: skip
     for check, ok, detail in rows:
-        checks.append(Check(HEALTH_CHECK_NAMES[check], ok and check not in found, found.get(check, detail)))
+        checks.append(Check(check.doctor_label, ok and check not in found, found.get(check, detail)))
     if trainer.evaluator is not None:
         try:
             ev = trainer.evaluate()

@@ -9,6 +9,7 @@ under ZeRO-3 every forward gathers parameters collectively and all ranks must ru
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from data_pipeline.layout import IGNORE_INDEX
+from ds_train.loss import LossSums
 
 log = logging.getLogger("ds_train")
 
@@ -78,9 +79,8 @@ class Evaluator:
         started = time.perf_counter()
         was_training = engine.training
         engine.eval()
-        c = self.num_codebooks
-        # samples, bad samples, text CE sum, text tokens; then per codebook: CE sum, correct, count
-        sums = torch.zeros(4 + 3 * c, dtype=torch.float64)
+        sums = LossSums(self.num_codebooks)
+        bad_samples = 0
         fallback: dict | None = None
         owed = 0
         self.first_sample = None
@@ -89,7 +89,7 @@ class Evaluator:
                 batch = self.collate([self.dataset[i] for i in indices])
                 bad = batch.pop("bad_samples", [])
                 if counted:
-                    sums[1] += len(bad)
+                    bad_samples += len(bad)
                     for sample in bad:
                         log.warning("eval: skipped sample %s: %s", sample.sample_id, sample.reason)
                 if batch.get("empty"):
@@ -97,45 +97,49 @@ class Evaluator:
                     continue
                 batch = self.prepare(batch)
                 fallback = fallback or batch
-                self._forward(engine, batch, sums if counted else None)
+                out = engine(**batch)
+                if counted:
+                    self.first_sample = self.first_sample or (batch, out)
+                    sums.add(out, batch)
             if owed and fallback is None:
                 raise RuntimeError(f"eval: every eval micro-batch of rank {self.rank} failed to load")
             for _ in range(owed):
-                self._forward(engine, fallback, None)
+                engine(**fallback)
         finally:
             engine.train(was_training)
-        if self.world_size > 1:
-            reduced = sums.to(self.device)
-            dist.all_reduce(reduced)
-            sums = reduced.cpu()
-        ce, correct, count = sums[4:].view(3, c)
-        codebook_loss = ce / count.clamp(min=1)
-        values = {
-            "eval/audio_loss": float(codebook_loss.sum()),
-            "eval/audio_top1": float(correct.sum() / count.sum().clamp(min=1)),
-            "eval/samples": float(sums[0]),
-            "eval/bad_samples": float(sums[1]),
-            "eval/time_s": time.perf_counter() - started,
-        }
-        values["eval/loss"] = values["eval/audio_loss"]
-        if sums[3] > 0:
-            values["eval/text_loss"] = float(sums[2] / sums[3])
-            values["eval/loss"] += values["eval/text_loss"]
-        for k in range(c):
-            values[f"eval_codebook_loss/{k}"] = float(codebook_loss[k])
-            values[f"eval_codebook_top1/{k}"] = float(correct[k] / count[k].clamp(min=1))
+        total = sums.all_reduce(self.device)
+        bad_total = _sum_over_ranks(float(bad_samples), self.device)
+        values = total.metrics("eval")
+        values.update({"eval/samples": total.samples, "eval/bad_samples": bad_total,
+                       "eval/time_s": time.perf_counter() - started})  # fmt: skip
         return values
 
-    def _forward(self, engine: torch.nn.Module, batch: dict, sums: torch.Tensor | None) -> None:
-        out = engine(**batch)
-        if sums is None:
-            return
-        self.first_sample = self.first_sample or (batch, out)
-        sums[0] += len(batch["sample_ids"])
-        if out.text_loss is not None:
-            text_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            sums[2] += float(out.text_loss) * text_tokens
-            sums[3] += text_tokens
-        count = out.codebook_count.double().cpu()
-        per_codebook = [out.codebook_losses.double().cpu() * count, out.codebook_correct.double().cpu(), count]
-        sums[4:] += torch.cat(per_codebook)
+
+def _sum_over_ranks(value: float, device: torch.device) -> float:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    tensor = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor)
+
+
+class BestEval:
+    """Checkpoint component: the lowest eval loss so far (`train.keep_best`)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.best = math.inf
+
+    def improves(self, eval_loss: float) -> bool:
+        """Record `eval_loss` if it beats every earlier evaluation; True if it did (the same on every rank, since
+        eval values are reduced over ranks)."""
+        if not self.enabled or not math.isfinite(eval_loss) or eval_loss >= self.best:
+            return False
+        self.best = eval_loss
+        return True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = float(state["best"])

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import AudioGeometry, LayoutBuilder
-from data_pipeline.whisper_features import WhisperLogMel, attach_features
+from data_pipeline.layout import LayoutBuilder
+from data_pipeline.types import AudioGeometry
+from ds_train.data import BatchPreparer
 from ds_train.model import VoiceCloningModel
 from ds_train.safe_decode import sanitize_codes
 
@@ -69,6 +70,11 @@ def prompt_from_batch(batch: dict, row: int, audio_out_bos: int, audio_placehold
     return Prompt(cut, ref_frames)
 
 
+def frame_budget(seconds: float, frame_rate: float, geometry: AudioGeometry) -> int:
+    """Generated frames allowed for `seconds` of audio: the codec frames plus the delay pattern's tail and the BOS."""
+    return int(seconds * frame_rate) + geometry.num_codebooks + 1
+
+
 def frames_to_codes(frames: torch.Tensor, geometry: AudioGeometry) -> torch.Tensor:
     """Generated delayed frames [F, C] (starting with the all-BOS frame) -> codec codes [C, T], cut at the first
     all-EOS frame; ids outside the codebook (a stray BOS/EOS) become 0."""
@@ -101,9 +107,7 @@ def generate_frames(
     model: VoiceCloningModel, prompt: Prompt, max_frames: int, temperature: float = 0.0, top_k: int = 0
 ) -> torch.Tensor:
     """-> the generated delayed frames [F, C] (all-BOS frame first), as the model produced them."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prompt.batch.items()}
-    batch = attach_features(batch, WhisperLogMel())
+    batch = BatchPreparer(next(model.parameters()).device)(prompt.batch)
     model.eval()
     model.arm_audio_in(
         model.audio_in_embeddings(
@@ -138,13 +142,13 @@ def clone_voice(
     import soundfile as sf
 
     from data_pipeline.audio import load_mono, resample
-    from data_pipeline.layout import WHISPER_SAMPLE_RATE
+    from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
     from ds_train.build import build_codec
-    from ds_train.engine import build_collator, build_layout
-    from ds_train.export import load_checkpoint_model
+    from ds_train.checkpoint import load_checkpoint_model
+    from ds_train.data import build_collator, build_layout
 
     torch.manual_seed(seed)
-    model, tokenizer, cfg = load_checkpoint_model(Path(checkpoint), which)
+    model, tokenizer, cfg, _ = load_checkpoint_model(Path(checkpoint), which)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     codec = build_codec(cfg, device)
@@ -153,7 +157,7 @@ def clone_voice(
     wave, rate = load_mono(Path(ref_audio))
     (ref_codes,) = codec.encode([wave], rate)
     prompt = build_prompt(layout, collator, ref_text, ref_codes, text, resample(wave, rate, WHISPER_SAMPLE_RATE))
-    max_frames = int(max_seconds * codec.frame_rate) + geometry.num_codebooks + 1
+    max_frames = frame_budget(max_seconds, codec.frame_rate, geometry)
     codes = generate_codes(model, prompt, geometry, max_frames, temperature, top_k)
     if codes.shape[1] == 0:
         raise RuntimeError("the model generated no complete audio frame; train longer or raise --max-seconds")

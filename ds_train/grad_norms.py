@@ -12,22 +12,7 @@ import math
 import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
-PARTS = ("llm_attention_text_ffn", "audio_ffn", "audio_embed_head", "text_embed_head", "whisper_encoder", "projector")
-
-
-def part_of(name: str) -> str:
-    """Which part a parameter of `VoiceCloningModel` belongs to."""
-    if name.startswith("whisper.projector"):
-        return "projector"
-    if name.startswith("whisper."):
-        return "whisper_encoder"
-    if "audio_mlp" in name or "audio_input_layernorm" in name or "audio_post_attention_layernorm" in name:
-        return "audio_ffn"
-    if "embed_audio_tokens" in name or "audio_lm_head" in name:
-        return "audio_embed_head"
-    if "embed_tokens" in name or "text_lm_head" in name:
-        return "text_embed_head"
-    return "llm_attention_text_ffn"
+from ds_train.parts import part_of
 
 
 def full_grad(param: torch.nn.Parameter) -> torch.Tensor | None:

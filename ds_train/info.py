@@ -6,10 +6,11 @@ import torch
 from transformers import HiggsAudioV2ForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.types import AudioGeometry
 from ds_train.model import VoiceCloningModel, WhisperTower
-from ds_train.presets import llm_config, parameter_breakdown, whisper_config, zero_memory_per_gpu
+from ds_train.parts import parameter_counts
+from ds_train.presets import llm_config, whisper_config, zero_memory_per_gpu
 
 # The published codec: 8 codebooks of 1024 codes.
 HIGGS_GEOMETRY = AudioGeometry(num_codebooks=8, codec_codebook_size=1024)
@@ -30,9 +31,9 @@ def meta_model(preset: str, whisper_preset: str | None = "large-v3", text_head: 
 
 
 def describe(preset: str, whisper_preset: str | None, world_sizes: tuple[int, ...] = (1, 8, 64)) -> str:
-    parts = parameter_breakdown(meta_model(preset, whisper_preset))
+    parts = parameter_counts(meta_model(preset, whisper_preset).named_parameters())
     lines = [f"preset {preset} (whisper: {whisper_preset or 'off'}), codec 8 x 1024:"]
-    lines += [f"  {name:<14} {count / 1e9:8.3f} B params" for name, count in parts.items()]
+    lines += [f"  {name:<22} {count / 1e9:8.3f} B params" for name, count in parts.items()]
     lines.append("  model states per GPU (bf16 weights+grads, fp32 AdamW), GiB, activations excluded:")
     for n in world_sizes:
         mem = zero_memory_per_gpu(parts["total"], n)

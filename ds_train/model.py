@@ -5,7 +5,9 @@ features into LLM-width embeddings that replace the token embeddings at `<|AUDIO
 LLM through its own `embed_audio_tokens` at `<|AUDIO_OUT|>` / delay positions.
 
 The loss is computed here, only at positions whose next token is labelled, so no [B, L, C*K] logit tensor is built.
-Position t predicts the token at t+1 (inputs and labels arrive aligned; the shift happens once, here).
+Position t predicts the token at t+1 (inputs and labels arrive aligned; the shift happens once, here). With
+`loss_weights` (training) the loss is this micro-batch's share of the step's token-weighted objective
+(ds_train/loss.py); without, each codebook's mean cross-entropy summed over codebooks (transformers' reduction).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from safetensors.torch import load_file
 from transformers import HiggsAudioV2ForConditionalGeneration, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from data_pipeline.layout import IGNORE_INDEX
+from data_pipeline.types import IGNORE_INDEX
+from ds_train.loss import LossWeights
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -70,14 +73,19 @@ def load_whisper_encoder(path: str | Path) -> WhisperEncoder:
 
 @dataclass
 class VoiceCloningOutput:
-    """loss: scalar to backpropagate (audio loss [+ text loss]). Per-codebook tensors are [C] and detached."""
+    """loss: scalar to backpropagate (see the module docstring). audio_loss / text_loss: this micro-batch's mean
+    reduction, detached. Per-codebook tensors are [C] and detached: summed cross-entropy, correct top-1, labelled
+    tokens; text_ce_sum / text_count likewise for the text labels (0 without the text head)."""
 
     loss: torch.Tensor
     audio_loss: torch.Tensor
     text_loss: torch.Tensor | None
-    codebook_losses: torch.Tensor
+    codebook_losses: torch.Tensor  # [C] mean cross-entropy per codebook in this micro-batch
+    codebook_ce_sum: torch.Tensor
     codebook_correct: torch.Tensor
     codebook_count: torch.Tensor
+    text_ce_sum: float
+    text_count: int
     audio_in_positions: int
     predicted_codes: torch.Tensor  # [N, C] teacher-forced argmax at the N predicted frames, row-major over the batch
     predicted_rows: torch.Tensor  # [B] how many of the N rows belong to each sample
@@ -169,9 +177,11 @@ class VoiceCloningModel(nn.Module):
         labels: torch.Tensor | None = None,
         whisper_input_features: torch.Tensor | None = None,
         whisper_token_counts: torch.Tensor | None = None,
+        loss_weights: LossWeights | None = None,
         **_: object,
     ) -> VoiceCloningOutput:
-        """input_ids, attention_mask, labels [B, L]; audio_input_ids, audio_labels [B, F, C]; audio mask [B, F]."""
+        """input_ids, attention_mask, labels [B, L]; audio_input_ids, audio_labels [B, F, C]; audio mask [B, F];
+        loss_weights: the step's per-token weights (training), or None for the micro-batch mean."""
         cfg = self.llm.config
         self._pending_audio_in = self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts)
         try:
@@ -202,28 +212,37 @@ class VoiceCloningModel(nn.Module):
         ).view_as(targets)
         valid = targets != IGNORE_INDEX
         counts = valid.sum(0)  # [C]
-        codebook_losses = (per_token * valid).sum(0) / counts.clamp(min=1)
+        ce_sum = (per_token * valid).sum(0)  # [C]
+        codebook_losses = ce_sum / counts.clamp(min=1)
         # Same reduction as transformers' HiggsAudioV2 loss: the sum over codebooks of each codebook's mean.
         audio_loss = codebook_losses.sum()
         predicted = logits.detach().argmax(-1)
         correct = ((predicted == targets) & valid).sum(0)
+        if loss_weights is None:
+            loss = audio_loss
+        else:
+            loss = (ce_sum * loss_weights.audio.to(ce_sum.device, ce_sum.dtype)).sum()
 
-        loss = audio_loss
-        text_loss = None
+        text_loss, text_ce_sum, text_count = None, torch.zeros(()), 0
         if labels is not None and self.llm.text_lm_head is not None:
             next_text = labels[:, 1:]
             text_at = next_text != IGNORE_INDEX
             if text_at.any():
                 text_logits = self.llm.text_lm_head(hidden[:, :-1][text_at]).float()
-                text_loss = F.cross_entropy(text_logits, next_text[text_at])
-                loss = loss + text_loss
+                text_ce_sum = F.cross_entropy(text_logits, next_text[text_at], reduction="sum")
+                text_count = int(text_at.sum())
+                text_loss = text_ce_sum / text_count
+                loss = loss + (text_loss if loss_weights is None else text_ce_sum * loss_weights.text)
         return VoiceCloningOutput(
             loss=loss,
             audio_loss=audio_loss.detach(),
             text_loss=None if text_loss is None else text_loss.detach(),
             codebook_losses=codebook_losses.detach(),
+            codebook_ce_sum=ce_sum.detach(),
             codebook_correct=correct.detach(),
             codebook_count=counts.detach(),
+            text_ce_sum=float(text_ce_sum),
+            text_count=text_count,
             audio_in_positions=audio_in_positions,
             predicted_codes=predicted,
             predicted_rows=predict_at.sum(1),

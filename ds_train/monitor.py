@@ -15,29 +15,17 @@ from dataclasses import dataclass
 
 import torch
 
-from data_pipeline.layout import IGNORE_INDEX
+from data_pipeline.types import IGNORE_INDEX
 from ds_train.config import MonitorSection
-from ds_train.grad_norms import full_param, part_of
+from ds_train.grad_norms import full_param
+from ds_train.health import HealthCheck, HealthError
+from ds_train.parts import part_of
 
 log = logging.getLogger("ds_train")
 
-LIKELY_CAUSE = {
-    "whisper_features": "reference waveforms missing from the rows, or the collator/layout built no <|AUDIO|> span",
-    "codec_codes": "codec codes not attached to the samples (encoding failed or was skipped) or every target masked",
-    "grad_norm": "loss does not depend on any trainable weight (frozen model, detached graph) or gradients exploded",
-    "nonfinite_loss": "bad input (NaN/inf audio or features), an exploding model, or too high a learning rate",
-    "params_unchanged": "learning rate 0, frozen parameters, or an optimizer that does not hold these parameters",
-    "lr_floor": "the scheduler decays (or warms up) below train.min_lr; the floor holds the effective LR",
-}
-
-
-class HealthError(RuntimeError):
-    """A health check with policy "halt" failed on `halt_after` consecutive steps."""
-
-
 @dataclass
 class Finding:
-    check: str
+    check: HealthCheck
     step: int
     message: str
     sample_ids: tuple[str, ...]
@@ -45,9 +33,9 @@ class Finding:
     def render(self) -> str:
         ids = ", ".join(self.sample_ids[:8]) + (" ..." if len(self.sample_ids) > 8 else "")
         return (
-            f"[health:{self.check}] step {self.step}: {self.message}"
+            f"[health:{self.check.value}] step {self.step}: {self.message}"
             + (f"; samples: {ids}" if ids else "")
-            + f"; likely cause: {LIKELY_CAUSE[self.check]}"
+            + f"; likely cause: {self.check.likely_cause}"
         )
 
 
@@ -66,24 +54,24 @@ class HealthMonitor:
     def __init__(self, cfg: MonitorSection, whisper_enabled: bool) -> None:
         self.cfg = cfg
         self.whisper_enabled = whisper_enabled
-        self.consecutive: dict[str, int] = defaultdict(int)
-        self.failures: dict[str, int] = defaultdict(int)
+        self.consecutive: dict[HealthCheck, int] = defaultdict(int)
+        self.failures: dict[HealthCheck, int] = defaultdict(int)
         self.skipped_micro_batches = 0
         self.findings: list[Finding] = []
-        self._pending: dict[str, list] = {}
+        self._pending: dict[HealthCheck, list] = {}
         self._snapshots: dict[str, torch.Tensor] = {}
 
     def state_dict(self) -> dict:
         """Counters carried across a resume (per-check failures, consecutive failures, skipped micro-batches)."""
         return {
-            "failures": dict(self.failures),
-            "consecutive": dict(self.consecutive),
+            "failures": {c.value: n for c, n in self.failures.items()},
+            "consecutive": {c.value: n for c, n in self.consecutive.items()},
             "skipped_micro_batches": self.skipped_micro_batches,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.failures.update(state.get("failures", {}))
-        self.consecutive.update(state.get("consecutive", {}))
+        self.failures.update({HealthCheck(c): n for c, n in state.get("failures", {}).items()})
+        self.consecutive.update({HealthCheck(c): n for c, n in state.get("consecutive", {}).items()})
         self.skipped_micro_batches = int(state.get("skipped_micro_batches", 0))
 
     # -- per micro-batch -------------------------------------------------------------------------------------------
@@ -101,11 +89,11 @@ class HealthMonitor:
             elif out.audio_in_positions == 0:
                 problem = "Whisper features were computed but no <|AUDIO|> position received them"
             if problem:
-                self._pending.setdefault("whisper_features", []).append((problem, ids))
+                self._pending.setdefault(HealthCheck.WHISPER_FEATURES, []).append((problem, ids))
         frames = int(batch["audio_input_ids_mask"].sum())
         labelled = int((batch["audio_labels"] != IGNORE_INDEX).sum())
         if frames == 0 or labelled == 0:
-            self._pending.setdefault("codec_codes", []).append(
+            self._pending.setdefault(HealthCheck.CODEC_CODES, []).append(
                 (f"{frames} audio frames at placeholders, {labelled} labelled audio tokens", ids)
             )
 
@@ -113,7 +101,7 @@ class HealthMonitor:
         self.skipped_micro_batches += 1
         ids = tuple(batch.get("sample_ids", ()))
         message = f"loss is {loss}; the micro-batch was skipped (no backward, no update)"
-        self._pending.setdefault("nonfinite_loss", []).append((message, ids))
+        self._pending.setdefault(HealthCheck.NONFINITE_LOSS, []).append((message, ids))
 
     # -- around the optimizer step ---------------------------------------------------------------------------------
     def snapshot_params(self, module: torch.nn.Module, grad_norms: dict[str, float] | None) -> None:
@@ -139,22 +127,20 @@ class HealthMonitor:
             if torch.equal(before, full_param(params[name]).detach()):
                 unchanged.append(name)
         pending, self._pending = self._pending, {}
-        for check in ("whisper_features", "codec_codes", "nonfinite_loss"):
+        for check in (HealthCheck.WHISPER_FEATURES, HealthCheck.CODEC_CODES, HealthCheck.NONFINITE_LOSS):
             items = pending.get(check, [])
             ids = tuple(i for _, group in items for i in group)
             self._report(check, step, items[0][0] if items else "", ids, failed=bool(items))
         bad_norm = not math.isfinite(grad_norm) or grad_norm == 0.0
-        self._report("grad_norm", step, f"global gradient norm is {grad_norm}", (), failed=bad_norm)
+        self._report(HealthCheck.GRAD_NORM, step, f"global gradient norm is {grad_norm}", (), failed=bad_norm)
         self._report(
-            "params_unchanged", step, f"trainable weights did not change: {', '.join(unchanged)}", (),
+            HealthCheck.PARAMS_UNCHANGED, step, f"trainable weights did not change: {', '.join(unchanged)}", (),
             failed=bool(unchanged),
         )  # fmt: skip
-        self._report(
-            "lr_floor", step, f"scheduler set LR {lr_scheduled:.3g}, below the floor; training at {lr:.3g}", (),
-            failed=lr_scheduled < lr,
-        )  # fmt: skip
+        floor = f"scheduler set LR {lr_scheduled:.3g}, below the floor; training at {lr:.3g}"
+        self._report(HealthCheck.LR_FLOOR, step, floor, (), failed=lr_scheduled < lr)
 
-    def _report(self, check: str, step: int, message: str, sample_ids: tuple[str, ...], failed: bool) -> None:
+    def _report(self, check: HealthCheck, step: int, message: str, sample_ids: tuple[str, ...], failed: bool) -> None:
         if not failed:
             self.consecutive[check] = 0
             return
@@ -164,9 +150,9 @@ class HealthMonitor:
         self.findings.append(finding)
         text = finding.render()
         log.warning(text)
-        policy = getattr(self.cfg, f"on_{check}")
-        if policy == "halt" and self.consecutive[check] >= self.cfg.halt_after:
+        if self.cfg.policy(check) == "halt" and self.consecutive[check] >= self.cfg.halt_after:
             raise HealthError(
+                check,
                 f"{text} -- failed {self.consecutive[check]} consecutive steps; stopping "
-                f"(set monitor.on_{check}=warn to keep going)"
+                f"(set monitor.{check.config_key}=warn to keep going)",
             )

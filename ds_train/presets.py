@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import HiggsAudioV2Config, WhisperConfig
 
-from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import SpecialTokenIds
+from data_pipeline.types import AudioGeometry
 
 LLM_PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -89,24 +89,6 @@ def whisper_config(preset: str) -> WhisperConfig:
     if preset not in WHISPER_PRESETS:
         raise ValueError(f"unknown whisper preset {preset!r}; choose one of {sorted(WHISPER_PRESETS)}")
     return WhisperConfig(num_mel_bins=128, max_source_positions=1500, dropout=0.0, **WHISPER_PRESETS[preset])
-
-
-def parameter_breakdown(model) -> dict[str, int]:
-    """Parameter counts of the parts a voice-cloning model has (works on meta-device models)."""
-    parts = {"llm_shared": 0, "audio_adapter": 0, "audio_io": 0, "text_io": 0, "whisper": 0}
-    for name, param in model.named_parameters():
-        if name.startswith("whisper."):
-            parts["whisper"] += param.numel()
-        elif "audio_mlp" in name or "audio_input_layernorm" in name or "audio_post_attention_layernorm" in name:
-            parts["audio_adapter"] += param.numel()
-        elif "embed_audio_tokens" in name or "audio_lm_head" in name:
-            parts["audio_io"] += param.numel()
-        elif "embed_tokens" in name or "text_lm_head" in name:
-            parts["text_io"] += param.numel()
-        else:
-            parts["llm_shared"] += param.numel()
-    parts["total"] = sum(parts.values())
-    return parts
 
 
 def zero_memory_per_gpu(num_params: int, world_size: int) -> dict[str, float]:

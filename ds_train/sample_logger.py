@@ -8,8 +8,8 @@ import logging
 import torch
 
 from data_pipeline.delay_pattern import revert_delay
-from data_pipeline.layout import IGNORE_INDEX, AudioGeometry
 from data_pipeline.text_tokens import SpecialTokenIds
+from data_pipeline.types import IGNORE_INDEX, AudioGeometry
 from ds_train.safe_decode import safe_decode_text, sanitize_codes
 
 log = logging.getLogger("ds_train")

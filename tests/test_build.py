@@ -8,14 +8,15 @@ import pytest
 import torch
 from transformers import WhisperModel
 
-from data_pipeline.layout import AudioGeometry
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.types import AudioGeometry
 from ds_train.build import build_model, build_tokenizer
 from ds_train.config import ConfigError, RunConfig
 from ds_train.flops import bf16_peak_for
 from ds_train.info import meta_model
 from ds_train.model import load_whisper_encoder
-from ds_train.presets import parameter_breakdown, whisper_config
+from ds_train.parts import parameter_counts
+from ds_train.presets import whisper_config
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
 
@@ -81,11 +82,11 @@ def test_3b_preset_has_the_published_geometry_on_meta() -> None:
     )
     assert cfg.vocab_size == 128256 and cfg.num_codebooks == 8 and cfg.codebook_size == 1026
     assert all(p.device.type == "meta" for p in model.parameters())
-    parts = parameter_breakdown(model)
+    parts = parameter_counts(model.named_parameters())
     # "3.6B LLM + 2.2B audio adapter" in the published description (the untied text head makes the 3.6B)
-    assert 2.0e9 < parts["audio_adapter"] < 2.3e9
-    assert 3.1e9 < parts["llm_shared"] + parts["text_io"] < 3.3e9
-    assert 0.6e9 < parts["whisper"] < 0.7e9
+    assert 2.0e9 < parts["audio_ffn"] < 2.3e9
+    assert 3.1e9 < parts["llm_attention_text_ffn"] + parts["text_embed_head"] < 3.3e9
+    assert 0.6e9 < parts["whisper_encoder"] + parts["projector"] < 0.7e9
 
 
 def test_freeze_options_select_parts() -> None:

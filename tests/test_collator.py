@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from data_pipeline.collator import EmptyWhisperFeaturesError, VoiceCloningCollator
-from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
+from data_pipeline.layout import LayoutBuilder, LayoutOptions
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.types import IGNORE_INDEX, AudioGeometry
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)

@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.dataset import EncodedVoiceCloningDataset
-from data_pipeline.layout import AudioGeometry, LayoutBuilder
+from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import read_manifest
-from data_pipeline.sampler import PositionalBatchSampler, ResumableBatchSampler
+from data_pipeline.samplers import PositionalBatchSampler, ResumableBatchSampler, TokenBudgetBatchSampler
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.types import AudioGeometry
 
 
 def _write_manifest(tmp_path: Path, assets_manifest: Path) -> Path:

@@ -10,11 +10,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ds_train.checkpointing import BEST_FILE, pointed_tag
+from ds_train.checkpoint import BEST_FILE, locate, pointed_tag
 from ds_train.config import ConfigError, load_run_config
-from ds_train.engine import Trainer, train
 from ds_train.evaluation import Evaluator, eval_batches, rank_share
-from ds_train.export import _locate
+from ds_train.trainer import Trainer, train
 from tests.helpers import make_config
 from tests.test_training import read_scalars
 
@@ -41,19 +40,19 @@ def test_an_empty_eval_set_is_an_error() -> None:
 
 
 def test_eval_metrics_do_not_depend_on_batching_and_leave_the_model_alone(assets, tmp_path: Path) -> None:
-    trainer = Trainer(make_config(assets, tmp_path, f"data.eval_manifest={assets.manifest}")).setup()
+    trainer = Trainer(make_config(assets, tmp_path, f"data.eval_manifest={assets.manifest}"))
     trainer.train_step()
     module = trainer.engine.module
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     results = []
     for batch_size, max_tokens in [(4, 0), (1, 0), (7, 0), (4, 3000)]:
         trainer.evaluator = Evaluator(
-            trainer.eval_dataset, trainer.collator, trainer.prepare_batch, trainer.geometry.num_codebooks,
+            trainer.data.eval_dataset, trainer.data.collator, trainer.prepare_batch, trainer.geometry.num_codebooks,
             batch_size, max_tokens, trainer.rank, trainer.world_size, trainer.device,
         )  # fmt: skip
         results.append(trainer.evaluate())
     first = results[0]
-    assert first["eval/samples"] == len(trainer.eval_dataset) == 24 and first["eval/bad_samples"] == 0
+    assert first["eval/samples"] == len(trainer.data.eval_dataset) == 24 and first["eval/bad_samples"] == 0
     assert math.isfinite(first["eval/loss"]) and 0 < first["eval/audio_top1"] <= 1
     assert first["eval/loss"] == pytest.approx(sum(first[f"eval_codebook_loss/{k}"] for k in range(4)))
     for other in results[1:]:  # token-weighted over the whole set: the same whatever the micro-batches
@@ -91,7 +90,7 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
 def test_eval_config_errors(assets, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not both"):
         load_run_config(None, ["data.eval_manifest=a.jsonl", "data.eval_prepared=b"])
-    trainer = Trainer(make_config(assets, tmp_path)).setup()
+    trainer = Trainer(make_config(assets, tmp_path))
     assert trainer.evaluator is None
     with pytest.raises(ValueError, match="no eval set"):
         trainer.evaluate()
@@ -99,23 +98,23 @@ def test_eval_config_errors(assets, tmp_path: Path) -> None:
 
 def test_best_checkpoint_is_kept_apart_from_keep_last_and_survives_resume(assets, tmp_path: Path) -> None:
     cfg = make_config(assets, tmp_path, f"data.eval_manifest={assets.manifest}", "train.keep_last=1")
-    trainer = Trainer(cfg).setup()
+    trainer = Trainer(cfg)
     ckpts = tmp_path / "checkpoints"
 
     def step_then_save(eval_loss: float) -> tuple[list[str], str | None]:
         """One step, then the loop's save with this evaluation -> (checkpoint tags on disk, the best tag)."""
         trainer.train_step()
-        trainer.save(best=trainer.improves_best(eval_loss))
+        trainer.save(best=trainer.best_eval.improves(eval_loss))
         return sorted(p.name for p in ckpts.iterdir() if p.is_dir()), pointed_tag(ckpts, BEST_FILE)
 
     assert step_then_save(5.0) == (["global_step1"], "global_step1")
     assert step_then_save(6.0) == (["global_step1", "global_step2"], "global_step1")  # worse: the best stays
     assert step_then_save(float("nan")) == (["global_step1", "global_step3"], "global_step1")
     assert step_then_save(4.0) == (["global_step4"], "global_step4")  # better: the old best goes
-    resumed = Trainer(cfg, resume=True).setup()
-    assert resumed.best_eval_loss == 4.0 and not resumed.improves_best(4.5) and resumed.improves_best(3.0)
-    assert _locate(tmp_path, "best") == (ckpts, "global_step4") == _locate(tmp_path)
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.best_eval.best == 4.0 and not resumed.best_eval.improves(4.5) and resumed.best_eval.improves(3.0)
+    assert locate(tmp_path, "best") == (ckpts, "global_step4") == locate(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no 'global_step9' checkpoint \(tags: global_step4\)"):
-        _locate(tmp_path, "global_step9")
+        locate(tmp_path, "global_step9")
     off = make_config(assets, tmp_path / "off", f"data.eval_manifest={assets.manifest}", "train.keep_best=false")
-    assert not Trainer(off).improves_best(1.0)
+    assert not Trainer(off).best_eval.improves(1.0)

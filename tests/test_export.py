@@ -13,8 +13,8 @@ from transformers import HiggsAudioV2ForConditionalGeneration
 
 from ds_train.build import build_model, build_tokenizer
 from ds_train.config import RunConfig
-from ds_train.engine import Trainer
 from ds_train.export import WHISPER_SUBDIR, export
+from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 
 
@@ -27,7 +27,7 @@ def _ds_file(tmp_path: Path, stage: int) -> Path:
 
 
 def _reference_outputs(trainer: Trainer) -> tuple[dict, object, torch.Tensor]:
-    batch = next(iter(trainer.loader))
+    batch = trainer.batches.next_batch()
     trainer.engine.eval()
     with torch.no_grad():
         out = trainer.engine(**batch)
@@ -58,7 +58,7 @@ def test_export_reproduces_the_trained_model(assets, tmp_path: Path, stage: int)
         make_config(
             assets, tmp_path / "run", "train.max_steps=3", f"train.deepspeed_config={_ds_file(tmp_path, stage)}"
         )
-    ).setup()
+    )
     trainer.fit()
     batch, ref, ref_logits = _reference_outputs(trainer)
     out = export(tmp_path / "run", tmp_path / "export")
@@ -75,7 +75,7 @@ def test_export_reproduces_the_trained_model(assets, tmp_path: Path, stage: int)
 def test_lora_trains_and_exports_merged(assets, tmp_path: Path, stage: int) -> None:
     cfg = make_config(assets, tmp_path / "run", "train.max_steps=3", "model.lora_rank=4",
                       f"train.deepspeed_config={_ds_file(tmp_path, stage)}")  # fmt: skip
-    trainer = Trainer(cfg).setup()
+    trainer = Trainer(cfg)
     trainable = [n for n, p in trainer.engine.module.named_parameters() if p.requires_grad and n.startswith("llm.")]
     assert trainable and all("lora_" in n for n in trainable)
     trainer.fit()
@@ -88,7 +88,7 @@ def test_lora_trains_and_exports_merged(assets, tmp_path: Path, stage: int) -> N
 
 
 def test_export_cli(assets, tmp_path: Path) -> None:
-    from ds_train.engine import train
+    from ds_train.trainer import train
     from tests.test_cli import _run
 
     train(make_config(assets, tmp_path / "run", "train.max_steps=1"))

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
+from data_pipeline.layout import LayoutBuilder, LayoutOptions
+from data_pipeline.types import IGNORE_INDEX, AudioGeometry
 from ds_train.build import build_model
 from ds_train.config import RunConfig
 

@@ -5,35 +5,29 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from data_pipeline.layout import IGNORE_INDEX
 from data_pipeline.text_tokens import build_tiny_tokenizer
-from ds_train.engine import Trainer
-from ds_train.grad_norms import PARTS
+from data_pipeline.types import IGNORE_INDEX
 from ds_train.monitor import HealthError
+from ds_train.parts import PART_NAMES
 from ds_train.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
+from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 from tests.test_training import read_scalars
 
 
 def _inject(trainer: Trainer, change: Callable[[int, dict], dict]) -> None:
     """Route every collated batch through `change(index, batch)` before the engine sees it."""
-    source = trainer._batches
-
-    def gen() -> Iterator[dict]:
-        for index, batch in enumerate(source):
-            yield change(index, batch)
-
-    trainer._batches = gen()
+    trainer.batches.add_tap(change)
 
 
 def _trainer(assets, tmp_path: Path, *overrides: str, ds: str = "zero2_fp32.json") -> Trainer:
-    return Trainer(make_config(assets, tmp_path, "monitor.halt_after=2", *overrides, ds=ds)).setup()
+    return Trainer(make_config(assets, tmp_path, "monitor.halt_after=2", *overrides, ds=ds))
 
 
 def test_zeroed_whisper_features_halt_naming_the_check_and_samples(assets, tmp_path: Path) -> None:
@@ -132,7 +126,7 @@ def test_global_and_part_grad_norms_under_every_zero_stage(assets, tmp_path: Pat
     assert trainer.engine.zero_optimization_stage() == stage
     values = trainer.train_step().values
     parts = {k.split("/")[1]: v for k, v in values.items() if k.startswith("grad_norm_part/")}
-    assert set(parts) - {"total"} <= set(PARTS) and {"audio_ffn", "whisper_encoder", "projector"} <= set(parts)
+    assert set(parts) - {"total"} <= set(PART_NAMES) and {"audio_ffn", "whisper_encoder", "projector"} <= set(parts)
     assert all(v > 0 for v in parts.values())
     assert math.sqrt(sum(v**2 for k, v in parts.items() if k != "total")) == pytest.approx(parts["total"], rel=1e-4)
     # step 1 always computes part norms; their total is the same pre-clipping norm DeepSpeed reports (where it does)
@@ -206,5 +200,5 @@ def test_reference_free_dataset_with_whisper_on_is_refused_loudly(assets, tmp_pa
     manifest = tmp_path / "noref.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="no usable rows.*4 rejected"):
-        Trainer(make_config(assets, tmp_path / "out", f"data.manifest={manifest}")).setup()
+        Trainer(make_config(assets, tmp_path / "out", f"data.manifest={manifest}"))
     assert caplog.text.count("missing or empty fields: ref_audio, ref_text") == 4

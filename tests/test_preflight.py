@@ -9,8 +9,8 @@ import pytest
 
 from ds_train.config import ConfigError
 from ds_train.distributed import init_distributed
-from ds_train.engine import Trainer
 from ds_train.preflight import missing_build_tools, uses_cpu_adam
+from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 
 
@@ -37,5 +37,5 @@ def test_offload_without_build_tools_fails_before_building_anything(assets, tmp_
     init_distributed()  # loads DeepSpeed's CPU comm op (which needs ninja here) before PATH is emptied
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no compiler and no ninja on this PATH
     with pytest.raises(ConfigError, match=r"(?s)zero3_offload_bf16.json offloads the optimizer.*ninja.*torch_adam"):
-        Trainer(make_config(assets, tmp_path / "run", ds="zero3_offload_bf16.json")).setup()
+        Trainer(make_config(assets, tmp_path / "run", ds="zero3_offload_bf16.json"))
     assert not (tmp_path / "run").exists()  # stopped before the output folder, data or model

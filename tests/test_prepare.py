@@ -16,18 +16,20 @@ import soundfile as sf
 import torch
 
 import data_pipeline.encode_rows as encode_rows_module
-from data_pipeline.batching import TokenBudgetBatchSampler
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.encode_rows import encode_rows
-from data_pipeline.layout import AudioGeometry, BadSample, LayoutBuilder
+from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import read_manifest
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
 from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.samplers import TokenBudgetBatchSampler
 from data_pipeline.shards import ROW_GROUP_ROWS, ShardReader, row_from_table, shard_name
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.types import AudioGeometry, BadSample
 from data_pipeline.validation import Limits
 from ds_train.config import ConfigError
-from ds_train.engine import Trainer, build_data
+from ds_train.data import build_run_data, resolve_codec
+from ds_train.trainer import Trainer
 from tests.helpers import make_config
 from tests.test_cli import _env, _free_port
 
@@ -246,10 +248,10 @@ def _prepared_trainer(manifest: Path, assets, tmp_path: Path, *overrides: str) -
     cfg = make_config(assets, tmp_path / "run", f"data.prepared={tmp_path / 'prep'}", "data.max_tokens=2400",
                       "data.num_workers=0", *overrides)  # fmt: skip
     cfg.data.manifest = None
-    trainer = Trainer(cfg).setup()
-    for i, shard in enumerate(trainer.dataset.index["shard"]):
+    trainer = Trainer(cfg)
+    for i, shard in enumerate(trainer.data.dataset.index["shard"]):
         if shard == 0:
-            trainer.dataset.index["row"][i] = 10**6  # 10 of the 24 rows now fail to load
+            trainer.data.dataset.index["row"][i] = 10**6  # 10 of the 24 rows now fail to load
     return trainer
 
 
@@ -257,11 +259,11 @@ def test_training_from_prepared_shards_skips_and_counts_bad_rows(manifest_with_b
     trainer = _prepared_trainer(
         manifest_with_bad_rows, assets, tmp_path, "train.max_steps=3", "data.max_bad_fraction=0.9"
     )
-    assert isinstance(trainer.sampler, TokenBudgetBatchSampler)
+    assert isinstance(trainer.batches.sampler, TokenBudgetBatchSampler)
     stats = [trainer.train_step().values for _ in range(3)]
     assert all(np.isfinite(v["train/loss"]) for v in stats)
     assert stats[-1]["monitor/bad_rows_skipped"] == 13.0  # rejected at prepare time
-    assert stats[-1]["monitor/bad_samples_skipped"] == trainer.bad_samples >= 1  # failed at training time
+    assert stats[-1]["monitor/bad_samples_skipped"] == trainer.batches.bad_samples >= 1  # failed at training time
 
 
 def test_too_many_bad_rows_stop_the_run(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
@@ -275,15 +277,15 @@ def test_too_many_bad_rows_stop_the_run(manifest_with_bad_rows, assets, tmp_path
 def test_prepared_sets_must_match_the_runs_codec(manifest_with_bad_rows, assets, tmp_path, caplog) -> None:
     _prepare(manifest_with_bad_rows, assets, tmp_path / "prep")
     prep = f"data.prepared={tmp_path / 'prep'}"
-    with pytest.raises(ConfigError, match=r"encoded with the 'dac' codec but this run uses 'higgs'"):
-        Trainer(make_config(assets, tmp_path / "a", prep, "data.codec=higgs")).setup()
+    with pytest.raises(ConfigError, match=r"data.codec=higgs but data.prepared .* encoded with the 'dac' codec"):
+        Trainer(make_config(assets, tmp_path / "a", prep, "data.codec=higgs"))
     with pytest.raises(ConfigError, match=r"data.eval_prepared .* 'dac' codec but this run uses 'higgs'"):
-        build_data(make_config(assets, tmp_path / "b", f"data.eval_prepared={tmp_path / 'prep'}", "data.codec=higgs"),
-                   build_tiny_tokenizer(), 0)  # fmt: skip
+        evaluated_with_higgs = make_config(assets, tmp_path / "b", f"data.eval_prepared={tmp_path / 'prep'}",
+                                           "data.codec=higgs")  # fmt: skip
+        build_run_data(resolve_codec(evaluated_with_higgs), build_tiny_tokenizer(), 0)
     copy = tmp_path / "copy_of_codec.pth"
     copy.write_bytes(assets.codec_file.read_bytes())
     with caplog.at_level("WARNING", logger="ds_train"):
-        parts = build_data(
-            make_config(assets, tmp_path / "c", prep, f"data.codec_path={copy}"), build_tiny_tokenizer(), 0
-        )
+        other_weights = make_config(assets, tmp_path / "c", prep, f"data.codec_path={copy}")
+        parts = build_run_data(resolve_codec(other_weights), build_tiny_tokenizer(), 0)
     assert len(parts.dataset) == 24 and "make sure they are the same weights" in caplog.text

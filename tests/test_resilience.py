@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.sampler import DataPosition
+from data_pipeline.samplers import DataPosition
 from ds_train.build import build_model
 from ds_train.config import ConfigError, RunConfig
-from ds_train.engine import Trainer, train
+from ds_train.trainer import Trainer, train
 from tests.helpers import CONFIGS, make_config
 from tests.test_cli import _env, _free_port, _run, _train_args
 from tests.test_model import GEO, _setup
@@ -31,7 +31,7 @@ def test_keep_last_prunes_old_checkpoints_and_latest_is_complete(assets, tmp_pat
 
 
 def test_sigterm_saves_and_stops_cleanly(assets, tmp_path: Path) -> None:
-    trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=50", "train.save_every=100")).setup()
+    trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=50", "train.save_every=100"))
 
     def send_sigterm(index: int, batch: dict) -> dict:
         if index == 2:
@@ -84,7 +84,7 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
 
     # The same 2-rank checkpoint on 1 rank: a clear error that names the conversion command.
     with pytest.raises(ConfigError, match=r"(?s)written by 2 data-parallel rank\(s\).*ds_to_universal"):
-        Trainer(make_config(assets, tmp_path / "killed", "train.max_steps=6"), resume=True).setup()
+        Trainer(make_config(assets, tmp_path / "killed", "train.max_steps=6"), resume=True)
 
     # ...and the conversion it names works: 1 rank resumes from the universal checkpoint and keeps training.
     ckpts = tmp_path / "killed" / "checkpoints"
@@ -98,11 +98,11 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
     cfg = make_config(
         assets, tmp_path / "killed", "train.max_steps=8", f"train.deepspeed_config={tmp_path / 'universal.json'}"
     )
-    trainer = Trainer(cfg, resume=True).setup()
+    trainer = Trainer(cfg, resume=True)
     assert trainer.step == 6 and trainer.world_size == 1
     # 2 ranks x 6 micro-batches of 4 = two whole epochs of the 24 examples: 1 rank goes on with epoch 2 (counting
     # its own 6 micro-batches as one epoch of 6 would replay epoch 1).
-    assert trainer.sampler.position(trainer.micro_batches) == DataPosition(epoch=2, offset=0, consumed=6)
+    assert trainer.batches.sampler.position(trainer.batches.fetched) == DataPosition(epoch=2, offset=0, consumed=6)
     stats = trainer.train_step()
     assert stats.step == 7 and stats.values["train/loss"] < full[1]
 

@@ -11,8 +11,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ds_train.build import build_model
-from ds_train.engine import Trainer, train
 from ds_train.flops import llm_flops_per_token
+from ds_train.trainer import Trainer, train
 from tests.helpers import make_config
 
 REQUIRED_SCALARS = {"train/loss", "train/audio_loss", "train/grad_norm", "train/lr"}
@@ -26,7 +26,7 @@ def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
 
 @pytest.mark.parametrize("ds", ["zero2_fp32.json", "zero2_bf16.json"])
 def test_first_optimizer_step_is_healthy(assets, tmp_path: Path, ds: str) -> None:
-    trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=5", ds=ds)).setup()
+    trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=5", ds=ds))
     module = trainer.engine.module
     before = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
     stats = trainer.train_step()
@@ -68,13 +68,13 @@ def test_resume_reproduces_uninterrupted_losses(assets, tmp_path: Path) -> None:
 
 def test_resume_without_checkpoint_is_a_clear_error(assets, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        Trainer(make_config(assets, tmp_path, "train.max_steps=2"), resume=True).setup()
+        Trainer(make_config(assets, tmp_path, "train.max_steps=2"), resume=True)
 
 
 @pytest.mark.parametrize("ds", ["zero1_bf16.json", "zero3_bf16.json", "zero3_offload_bf16.json"])
 def test_shipped_deepspeed_configs_train(assets, tmp_path: Path, ds: str) -> None:
     cfg = make_config(assets, tmp_path, "train.max_steps=2", f"data.eval_manifest={assets.manifest}", ds=ds)
-    trainer = Trainer(cfg).setup()
+    trainer = Trainer(cfg)
     values = [trainer.train_step().values for _ in range(2)]
     assert all(math.isfinite(v["train/loss"]) and v["train/grad_norm"] > 0 for v in values)
     assert trainer.engine.zero_optimization_stage() == int(ds[4])
@@ -89,7 +89,7 @@ def test_whisper_features_on_the_training_device_train_identically(assets, tmp_p
     losses = {}
     for where in ("loader", "device"):
         trainer = Trainer(make_config(assets, tmp_path / where, "train.max_steps=2", f"whisper.features_on={where}",
-                                      "data.num_workers=0")).setup()  # fmt: skip
-        assert trainer.collator.whisper_on_device == (where == "device")
+                                      "data.num_workers=0"))  # fmt: skip
+        assert trainer.data.collator.whisper_on_device == (where == "device")
         losses[where] = [trainer.train_step().values["train/loss"] for _ in range(2)]
     assert losses["device"] == pytest.approx(losses["loader"], rel=1e-6)

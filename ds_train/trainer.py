@@ -1,0 +1,327 @@
+"""The training run. `Trainer(cfg)` builds everything a run config describes (data, model, DeepSpeed engine, the
+components that carry state across a resume); `fit()` is the loop: train a step, log it, maybe evaluate, maybe save,
+stop on a signal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from ds_train.batch_stream import BatchStream
+from ds_train.build import build_model, build_tokenizer
+from ds_train.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
+from ds_train.config import RunConfig, resolve_deepspeed_config
+from ds_train.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
+from ds_train.distributed import device_for, init_distributed
+from ds_train.evaluation import BestEval, Evaluator
+from ds_train.generate import frame_budget, generate_codes, prompt_from_batch
+from ds_train.grad_norms import part_grad_norms
+from ds_train.health import HealthCheck, HealthError
+from ds_train.loss import LabelCounts, LossSums, LossWeights
+from ds_train.metrics import MetricsProcessor, StepMeasurement
+from ds_train.monitor import HealthMonitor, apply_lr_floor
+from ds_train.preflight import check_cpu_adam
+from ds_train.rng import RNGState, seed_everything
+from ds_train.sample_logger import SampleLogger
+from ds_train.schedule import warmup_cosine
+from ds_train.stopping import GracefulStop
+
+log = logging.getLogger("ds_train")
+RETRIES_PER_MICRO_BATCH = 10  # non-finite micro-batches replaced per planned one before the step gives up
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step measured (token-weighted over its micro-batches and ranks)."""
+
+    step: int
+    values: dict[str, float]
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    tensorboard_dir: Path
+    checkpoint_dir: Path
+    final_step: int
+    losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> train/loss
+    grad_norms: dict[int, float] = field(default_factory=dict)
+    lrs: dict[int, float] = field(default_factory=dict)
+    eval_losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> eval/loss, when evaluated
+    stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "wall-time limit" when the run stopped early
+
+
+def _all_ranks_finite(loss: torch.Tensor, device: torch.device) -> bool:
+    """Every rank must take the same branch, or the collectives of backward/step would hang."""
+    flag = torch.isfinite(loss.detach()).all().float()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        flag = flag.to(device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+class Trainer:
+    """Built whole by its constructor; `train_step()` runs one optimizer step, `fit()` runs to `train.max_steps`."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
+        t = cfg.train
+        self.rank, self.local_rank, self.world_size = init_distributed()
+        self.device = device_for(self.local_rank)
+        self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
+        check_cpu_adam(self.ds_config, t.deepspeed_config)
+        seed_everything(t.seed)
+        self.cfg = cfg = resolve_codec(cfg)
+        self.out_dir = Path(t.output_dir).resolve()
+        self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
+        self.tb_dir = self.out_dir / "tensorboard"
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+        self.tokenizer = build_tokenizer(cfg)
+        self.data = build_run_data(cfg, self.tokenizer, self.rank)
+        self.geometry = self.data.geometry
+        model = build_model(cfg, self.tokenizer, self.geometry)
+        if self.rank == 0:
+            self.tokenizer.save_pretrained(str(self.out_dir / TOKENIZER_SUBDIR))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise HealthError(HealthCheck.GRAD_NORM, (
+                f"[health:grad_norm] every parameter is frozen (model.freeze={cfg.model.freeze!r}, "
+                f"whisper.trainable={cfg.whisper.trainable}): nothing can learn, the grad norm would be 0"
+            ))  # fmt: skip
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config,
+            lr_scheduler=None if "scheduler" in self.ds_config else (
+                lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
+            ),
+        )  # fmt: skip
+
+        self.prepare_batch = BatchPreparer(self.device)
+        sampler = build_sampler(cfg, self.data.dataset, self.rank, self.world_size)
+        self.batches = BatchStream(sampler, self._loader, cfg.data.max_bad_fraction)
+        self.monitor = HealthMonitor(cfg.monitor, cfg.whisper.enabled)
+        self.best_eval = BestEval(t.keep_best)
+        self.checkpointer = Checkpointer(self.ckpt_dir, t.keep_last, {
+            "data": self.batches, "health": self.monitor, "best_eval": self.best_eval,
+            "rng": RNGState(self.rank, self.world_size),
+        })  # fmt: skip
+        if resume:
+            path = self.checkpointer.load_latest(self.engine, self.world_size, self.ds_config)
+            log.info("resumed from %s at step %d", path, self.step)
+        self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, t.min_lr)
+
+        self.metrics = MetricsProcessor(
+            self.tb_dir, self.rank == 0 and t.tensorboard, t.log_every, t.max_steps, self.world_size,
+            self.data.codec.frame_rate, t.gradient_clipping, self.engine.module, self.engine.monitor,
+            purge_step=self.step + 1 if resume else None,
+        )  # fmt: skip
+        llm_cfg = self.engine.module.llm.config
+        self.samples = SampleLogger(
+            self.metrics.writer, self.tokenizer, self.data.codec, self.geometry,
+            llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id,
+        )  # fmt: skip
+        self.evaluator = None
+        if self.data.eval_dataset is not None and t.eval_every > 0:
+            self.evaluator = Evaluator(
+                self.data.eval_dataset, self.data.collator, self.prepare_batch, self.geometry.num_codebooks,
+                cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
+            )  # fmt: skip
+        self._told_no_generation = False
+
+    def _loader(self, sampler):
+        return build_loader(self.data.dataset, sampler, self.data.collator, self.cfg.data.num_workers, self.device)
+
+    @property
+    def step(self) -> int:
+        return self.engine.global_steps
+
+    # -- one optimizer step ------------------------------------------------------------------------------------------
+    def train_step(self) -> StepStats:
+        started = time.perf_counter()
+        parts_due = self._part_norms_due(self.step + 1)
+        micro_batches = self.batches.next_batches(self.engine.gradient_accumulation_steps())
+        counts = LabelCounts.of_step(micro_batches, self.cfg.model.text_head, self.device)
+        weights = LossWeights.for_step(counts, len(micro_batches), self.world_size)
+        sums, first = self.forward_backward(micro_batches, weights)
+        part_norms = part_grad_norms(self.engine.module) if parts_due else None
+        self.monitor.snapshot_params(self.engine.module, part_norms)
+        self.engine.step()  # the accumulation boundary: the optimizer step
+        ds_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(ds_norm) if ds_norm is not None else part_norms["total"]
+        lr, lr_scheduled = self.lr_effective, self.lr_scheduled
+        self.lr_scheduled, self.lr_effective = apply_lr_floor(self.optimizer, self.cfg.train.min_lr)
+        step = self.step
+        self.monitor.end_step(step, self.engine.module, grad_norm, lr_scheduled, lr)
+        measured = StepMeasurement(
+            step, sums.all_reduce(self.device), grad_norm, lr, lr_scheduled, time.perf_counter() - started,
+            self.batches.take_wait_seconds(), part_norms,
+        )  # fmt: skip
+        values = self.metrics.step_values(measured, self._counters())
+        decode_every = self.cfg.monitor.decode_every
+        if self.rank == 0 and first is not None and decode_every > 0 and (step == 1 or step % decode_every == 0):
+            self.samples.log(step, *first)
+        return StepStats(step, values)
+
+    def forward_backward(self, micro_batches: list[dict], weights: LossWeights) -> tuple[LossSums, tuple | None]:
+        """Forward and backward of one step's collated micro-batches. Each but the last also steps the engine
+        (DeepSpeed counts micro-steps there); the caller's `engine.step()` after the last is the optimizer step, so
+        gradients can be read in between. A micro-batch whose loss is not finite on some rank is skipped on all ranks
+        and replaced by the next one (weighted with the planned step's label counts). -> (this rank's sums, the first
+        (batch, output) for sample logging)."""
+        sums, first = LossSums(self.geometry.num_codebooks), None
+        pending, skipped = list(micro_batches), 0
+        while pending:
+            batch = self.prepare_batch(pending.pop(0))
+            out = self.engine(**batch, loss_weights=weights)
+            self.monitor.observe_batch(batch, out)
+            if not _all_ranks_finite(out.loss, self.device):
+                self.monitor.observe_nonfinite_loss(batch, float(out.loss))
+                skipped += 1
+                if skipped > RETRIES_PER_MICRO_BATCH * len(micro_batches):
+                    raise HealthError(HealthCheck.NONFINITE_LOSS, (
+                        f"[health:nonfinite_loss] step {self.step + 1}: {skipped} micro-batches had a non-finite loss"
+                    ))  # fmt: skip
+                pending.insert(0, self.batches.next_batch())
+                continue
+            if not out.loss.requires_grad:
+                raise HealthError(HealthCheck.GRAD_NORM, (
+                    f"[health:grad_norm] step {self.step + 1}: the loss depends on no trainable parameter (every "
+                    "weight frozen, or the graph detached); nothing can learn. Check model/whisper freezing options."
+                ))  # fmt: skip
+            self.engine.backward(out.loss)
+            sums.add(out, batch)
+            first = first or (batch, out)
+            if pending:
+                self.engine.step()
+        return sums, first
+
+    def _part_norms_due(self, step: int) -> bool:
+        """Per-part norms every monitor.part_norms_every steps and at step 1; every step under ZeRO-0 fp32, where
+        DeepSpeed keeps no global norm and the per-part pass yields it."""
+        every = self.cfg.monitor.part_norms_every
+        periodic = every > 0 and (step == 1 or step % every == 0)
+        return periodic or (self.engine.zero_optimization_stage() == 0 and not self.engine.bfloat16_enabled())
+
+    def _counters(self) -> dict[str, float]:
+        return {
+            "monitor/skipped_micro_batches": float(self.monitor.skipped_micro_batches),
+            "monitor/bad_rows_skipped": float(len(self.data.dataset.rejects)),
+            "monitor/bad_samples_skipped": float(self.batches.bad_samples),
+        }
+
+    # -- evaluation --------------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """eval/* scalars over the whole eval set (identical on every rank); needs data.eval_*."""
+        if self.evaluator is None:
+            raise ValueError("no eval set: set data.eval_manifest or data.eval_prepared (and train.eval_every > 0)")
+        return self.evaluator.run(self.engine)
+
+    def _evaluate_and_log(self, step: int) -> dict[str, float]:
+        values = self.evaluate()
+        self.metrics.log_eval(step, values)
+        sample = self.evaluator.first_sample
+        if self.rank == 0 and sample is not None:
+            if self.cfg.monitor.decode_every > 0:
+                self.samples.log(step, *sample, prefix="eval_samples")
+            if self.cfg.monitor.generate_seconds > 0:
+                self._log_generated(step, sample[0])
+        self.evaluator.first_sample = None
+        return values
+
+    def _log_generated(self, step: int, batch: dict) -> None:
+        """Rank 0: free-running generation for the batch's first sample -> TensorBoard `eval_samples/generated`."""
+        if self.engine.zero_optimization_stage() >= 3:
+            if not self._told_no_generation:
+                log.info("monitor.generate_seconds: skipped under ZeRO-3 (no rank holds every weight)")
+                self._told_no_generation = True
+            return
+        llm_cfg, model = self.engine.module.llm.config, self.engine.module
+        prompt = prompt_from_batch(
+            batch, 0, self.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id)
+        )
+        max_frames = frame_budget(self.cfg.monitor.generate_seconds, self.data.codec.frame_rate, self.geometry)
+        was_training = model.training
+        try:
+            codes = generate_codes(model, prompt, self.geometry, max_frames)
+        except Exception as err:  # noqa: BLE001 - an observability extra must never stop training
+            log.warning("eval generation at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
+            return
+        finally:
+            model.train(was_training)
+        self.samples.log_codes(step, "eval_samples/generated", codes)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+    def save(self, best: bool = False) -> str:
+        """Checkpoint this step (all ranks); `best` also points the checkpoints folder's `best` file at it."""
+        meta = {
+            "step": self.step,
+            "world_size": self.world_size,
+            "zero_stage": self.engine.zero_optimization_stage(),
+            "bf16": self.engine.bfloat16_enabled(),
+            "num_codebooks": self.geometry.num_codebooks,
+            "codec_codebook_size": self.geometry.codec_codebook_size,
+        }
+        tag = self.checkpointer.save(self.engine, self.cfg, meta, best)
+        if self.cfg.train.debug_kill_after_step == self.step and self.rank == 0:
+            log.warning("train.debug_kill_after_step=%d: killing rank 0 with SIGKILL", self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return tag
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        t = self.cfg.train
+        result = TrainResult(self.out_dir, self.tb_dir, self.ckpt_dir, self.step)
+        self._log_start()
+        stopper = GracefulStop(t.max_wall_minutes)
+        try:
+            while self.step < t.max_steps:
+                stats = self.train_step()
+                step, values = stats.step, stats.values
+                result.losses[step], result.grad_norms[step] = values["train/loss"], values["train/grad_norm"]
+                result.lrs[step] = values["train/lr"]
+                self.metrics.log(step, values)
+                best = False
+                if self.evaluator is not None and (step % t.eval_every == 0 or step == t.max_steps):
+                    result.eval_losses[step] = self._evaluate_and_log(step)["eval/loss"]
+                    best = self.best_eval.improves(result.eval_losses[step])
+                reason = stopper.agreed_reason(self.device)
+                if step % t.save_every == 0 or step == t.max_steps or reason or best:
+                    self.save(best=best)
+                if reason:
+                    log.warning("stopping at step %d (%s) after saving a checkpoint", step, reason)
+                    result.stopped_by = reason
+                    break
+        finally:
+            stopper.restore()
+            self.metrics.close()
+        result.final_step = self.step
+        return result
+
+    def _log_start(self) -> None:
+        if self.rank == 0:
+            log.info(
+                "training %d examples (%d rejected) on %d rank(s), device %s, ZeRO-%d, %s, step %d -> %d",
+                len(self.data.dataset), len(self.data.dataset.rejects), self.world_size, self.device,
+                self.engine.zero_optimization_stage(), "bf16" if self.engine.bfloat16_enabled() else "fp32",
+                self.step, self.cfg.train.max_steps,
+            )  # fmt: skip
+
+
+def has_checkpoint(cfg: RunConfig) -> bool:
+    return latest_tag(Path(cfg.train.output_dir).resolve() / CHECKPOINT_SUBDIR) is not None
+
+
+def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
+    """Run (or resume) the training the config describes; returns where logs and checkpoints are."""
+    return Trainer(cfg, resume).fit()
