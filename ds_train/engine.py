@@ -42,6 +42,7 @@ from ds_train.monitor import HealthError, HealthMonitor, apply_lr_floor
 from ds_train.preflight import check_cpu_adam
 from ds_train.sample_logger import SampleLogger
 from ds_train.schedule import warmup_cosine
+from ds_train.stopping import GracefulStop, worker_init_fn
 
 log = logging.getLogger("ds_train")
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -235,7 +236,7 @@ class Trainer:
         self.loader = DataLoader(
             self.dataset, batch_sampler=self.sampler, collate_fn=self.collator, num_workers=workers,
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", worker_init_fn=worker_init_fn,
         )  # fmt: skip
         self._batches = iter(self.loader)
         self.monitor = HealthMonitor(cfg.monitor, cfg.whisper.enabled)
@@ -521,37 +522,6 @@ class Trainer:
             self.metrics.close()
         result.final_step = self.step
         return result
-
-
-class GracefulStop:
-    """SIGTERM/SIGINT and the wall-time limit set a flag; the loop saves and stops at the end of the current step.
-    Ranks agree through an all-reduce so every rank saves the same step (and none hangs in a collective)."""
-
-    def __init__(self, max_wall_minutes: float) -> None:
-        self.reason: str | None = None
-        self.deadline = time.monotonic() + max_wall_minutes * 60 if max_wall_minutes > 0 else None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with whoever owns them
-                pass
-
-    def _handle(self, signum: int, frame) -> None:
-        self.reason = signal.Signals(signum).name
-
-    def agreed_reason(self, device: torch.device) -> str | None:
-        if self.deadline is not None and time.monotonic() > self.deadline and self.reason is None:
-            self.reason = "wall-time limit"
-        codes = {None: 0, "wall-time limit": 1, "SIGTERM": 2, "SIGINT": 3}
-        flag = torch.tensor(float(codes.get(self.reason, 2)), device=device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return {v: k for k, v in codes.items()}[int(flag.item())]
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def peak_memory_gib() -> float:

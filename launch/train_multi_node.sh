@@ -13,5 +13,5 @@ config=$2
 shift 2
 # DS_LAUNCH_EXTRA passes launcher flags through, e.g. "--no_ssh --node_rank 0" to start one node's ranks by hand.
 # shellcheck disable=SC2086
-exec deepspeed --hostfile "$hostfile" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
+exec python -m ds_train.runner --hostfile "$hostfile" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
   ${DS_LAUNCH_EXTRA:-} --module ds_train train --config "$config" "$@"

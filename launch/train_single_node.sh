@@ -9,4 +9,4 @@ fi
 num_gpus=$1
 config=$2
 shift 2
-exec deepspeed --num_gpus "$num_gpus" --master_port "${MASTER_PORT:-29500}" --module ds_train train --config "$config" "$@"
+exec python -m ds_train.runner --num_gpus "$num_gpus" --master_port "${MASTER_PORT:-29500}" --module ds_train train --config "$config" "$@"
