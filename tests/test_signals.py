@@ -50,7 +50,8 @@ def _deepspeed(port: int, *args: str) -> list[str]:
 
 
 def _single_node_script(*args: str) -> list[str]:
-    return ["bash", str(REPO / "launch" / "train_single_node.sh"), "2", *args]
+    assert args[0] == "--config"  # the script takes the run config as its second argument
+    return ["bash", str(REPO / "launch" / "train_single_node.sh"), "2", *args[1:]]
 
 
 def _run_env(port: int) -> dict[str, str]:
