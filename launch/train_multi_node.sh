@@ -3,6 +3,7 @@
 # usage: MASTER_ADDR=node-a bash launch/train_multi_node.sh HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]
 # Every node needs the same repository path with its .venv set up (run `bash launch/test.sh` or source _env.sh once
 # on each), passwordless ssh between nodes, and shared or identical data paths. See docs/LAUNCH.md for pitfalls.
+# `python -m ds_train.runner` is the `deepspeed` command that passes a stop signal on (docs/LAUNCH.md, "Stopping").
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 if [ $# -lt 2 ] || [ -z "${MASTER_ADDR:-}" ]; then
   echo "usage: MASTER_ADDR=<rank-0 host> $0 HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]" >&2
