@@ -24,6 +24,7 @@ from data_pipeline.types import AudioGeometry
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
 from ds_train.build import build_codec
 from ds_train.config import ConfigError, RunConfig
+from ds_train.stopping import worker_init_fn
 
 log = logging.getLogger("ds_train")
 DEFAULT_CODEC = "dac"  # for a manifest when data.codec is unset
@@ -152,10 +153,11 @@ def build_sampler(cfg: RunConfig, dataset, rank: int, world_size: int) -> Positi
     return ResumableBatchSampler(len(dataset), cfg.data.micro_batch_size, rank, world_size, cfg.train.seed)
 
 
-def build_loader(dataset, sampler, collator, workers: int, device: torch.device, worker_init_fn=None) -> DataLoader:
-    """Workers collate ahead of training; pinned host memory makes the non-blocking copy to the GPU asynchronous."""
+def build_loader(dataset, sampler, collator, workers: int, device: torch.device) -> DataLoader:
+    """Workers collate ahead of training and ignore stop signals from outside (their rank saves and stops them);
+    pinned host memory makes the non-blocking copy to the GPU asynchronous."""
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collator, num_workers=workers,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-        pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+        pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn if workers > 0 else None,
     )  # fmt: skip

@@ -3,6 +3,7 @@
 # usage: MASTER_ADDR=node-a bash launch/train_multi_node.sh HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]
 # Every node needs the same repository path with its .venv set up (run `bash launch/test.sh` or source _env.sh once
 # on each), passwordless ssh between nodes, and shared or identical data paths. See docs/LAUNCH.md for pitfalls.
+# `python -m ds_train.runner` is the `deepspeed` command that passes a stop signal on (docs/LAUNCH.md, "Stopping").
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 if [ $# -lt 2 ] || [ -z "${MASTER_ADDR:-}" ]; then
   echo "usage: MASTER_ADDR=<rank-0 host> $0 HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]" >&2
@@ -13,5 +14,5 @@ config=$2
 shift 2
 # DS_LAUNCH_EXTRA passes launcher flags through, e.g. "--no_ssh --node_rank 0" to start one node's ranks by hand.
 # shellcheck disable=SC2086
-exec deepspeed --hostfile "$hostfile" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
+exec python -m ds_train.runner --hostfile "$hostfile" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
   ${DS_LAUNCH_EXTRA:-} --module ds_train train --config "$config" "$@"

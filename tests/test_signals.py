@@ -1,0 +1,207 @@
+"""Stop signals sent from outside a real 2-rank deepspeed launch (CPU): to the runner (the process that
+launch/train_single_node.sh becomes), to DeepSpeed's per-node launcher, to the whole process group (a terminal's
+Ctrl-C). Each must end in a checkpoint of the same step on every rank, a clean exit with nothing left running, and
+a `--resume` that continues exactly as an uninterrupted run. DataLoader workers 0, 1, 2 and token-budget batching
+are covered."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from data_pipeline.prepare import PrepareConfig, prepare
+from tests.helpers import CONFIGS, REPO
+from tests.test_cli import _env, _free_port
+from tests.test_training import read_scalars
+
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
+REFERENCE_STEPS = 8
+STARTUP_TIMEOUT_S = 900  # 2 ranks importing torch + DeepSpeed on a loaded 2-core machine
+STOP_TIMEOUT_S = 120  # DeepSpeed's launcher SIGKILLs after 30 s per rank; this only bounds a hang
+
+
+@pytest.fixture(scope="module")
+def prepared(assets, tmp_path_factory) -> Path:
+    """The test corpus encoded once, so the ranks do not each encode it at start-up."""
+    out = tmp_path_factory.mktemp("signals_prepared")
+    prepare(PrepareConfig(str(assets.manifest), "dac", str(assets.codec_file), str(out), 12), show_progress=False)
+    return out
+
+
+def _train_args(assets, prepared: Path, out: Path, *extra: str) -> list[str]:
+    # min_lr = lr: a constant LR after warmup, so runs with different train.max_steps take identical steps
+    return [
+        "--config", str(CONFIGS / "demo.yaml"), f"data.prepared={prepared}", f"data.codec_path={assets.codec_file}",
+        f"train.output_dir={out}", "data.micro_batch_size=4", f"train.deepspeed_config={CONFIGS / 'zero2_fp32.json'}",
+        "train.min_lr=3e-3", "train.log_every=1", "train.save_every=1000", *extra,
+    ]  # fmt: skip
+
+
+def _deepspeed(port: int, *args: str) -> list[str]:
+    return [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), "--module", "ds_train", "train", *args]
+
+
+def _single_node_script(*args: str) -> list[str]:
+    assert args[0] == "--config"  # the script takes the run config as its second argument
+    return ["bash", str(REPO / "launch" / "train_single_node.sh"), "2", *args[1:]]
+
+
+def _run_env(port: int) -> dict[str, str]:
+    # the launch scripts use the venv running the tests instead of creating one
+    return dict(_env(), MASTER_PORT=str(port), VENV=str(Path(sys.executable).parent.parent))
+
+
+def _session(sid: int) -> list[psutil.Process]:
+    """Live processes of the session the run was started in (the runner, launcher, ranks, DataLoader workers)."""
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def _kill_session(sid: int) -> None:
+    for proc in _session(sid):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def _complete(cmd: list[str], port: int, log: Path) -> None:
+    with log.open("w") as out:
+        proc = subprocess.run(cmd, cwd=REPO, env=_run_env(port), stdout=out, stderr=subprocess.STDOUT, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read_text()[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def reference(assets, prepared, tmp_path_factory):
+    """Uninterrupted runs of REFERENCE_STEPS steps, one per batching kind (the number of workers changes nothing)."""
+    losses: dict[int, dict[int, float]] = {}
+
+    def get(max_tokens: int) -> dict[int, float]:
+        if max_tokens not in losses:
+            out = tmp_path_factory.mktemp(f"signals_reference_{max_tokens}")
+            port = _free_port()
+            args = _train_args(assets, prepared, out, f"train.max_steps={REFERENCE_STEPS}",
+                               f"data.max_tokens={max_tokens}", "data.num_workers=0")  # fmt: skip
+            _complete(_deepspeed(port, *args), port, out / "log.txt")
+            losses[max_tokens] = read_scalars(out / "tensorboard")["train/loss"]
+        return losses[max_tokens]
+
+    return get
+
+
+def _target(run: subprocess.Popen, kind: str) -> tuple[int, bool]:
+    """(pid, whole group?) to signal: the runner, DeepSpeed's per-node launcher, or the process group."""
+    if kind == "runner":
+        return run.pid, False
+    if kind == "group":
+        return run.pid, True
+    launchers = [p for p in psutil.Process(run.pid).children(recursive=True)
+                 if "deepspeed.launcher.launch" in " ".join(p.cmdline())]  # fmt: skip
+    assert len(launchers) == 1, launchers
+    return launchers[0].pid, False
+
+
+def _wait_for_step(run: subprocess.Popen, log: Path, step: int) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while f"step {step:5d}/" not in log.read_text():
+        assert run.poll() is None, f"the run ended before step {step} ({run.returncode}):\n{log.read_text()[-5000:]}"
+        assert time.monotonic() < deadline, f"no step {step} after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+CASES = {
+    # target: (signal, data.num_workers, data.max_tokens, exit code). DeepSpeed's launcher always exits 1 after it
+    # has forwarded a signal; the runner of the launch scripts sends the signal to the ranks, which exit 0.
+    "runner": (signal.SIGTERM, 1, 0, 0),
+    "launcher": (signal.SIGTERM, 2, 2400, 1),
+    "group": (signal.SIGINT, 0, 0, 1),
+}
+
+
+@pytest.mark.parametrize("target", list(CASES))
+def test_stop_signal_saves_every_rank_and_resume_is_exact(target: str, assets, prepared, reference, tmp_path) -> None:
+    sig, workers, max_tokens, exit_code = CASES[target]
+    out, log = tmp_path / "run", tmp_path / "stopped.log"
+    args = _train_args(assets, prepared, out, "train.max_steps=100000", f"data.num_workers={workers}",
+                       f"data.max_tokens={max_tokens}")  # fmt: skip
+    port = _free_port()
+    cmd = _single_node_script(*args) if target != "launcher" else _deepspeed(port, *args)
+    with log.open("w") as sink:
+        run = subprocess.Popen(cmd, cwd=REPO, env=_run_env(port), stdout=sink, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_step(run, log, 3)
+        assert len(_session(run.pid)) >= 4 + 2 * workers  # runner, launcher, 2 ranks and their workers
+        pid, group = _target(run, target)
+        (os.killpg if group else os.kill)(pid, sig)
+        code = run.wait(timeout=STOP_TIMEOUT_S)
+        left = [" ".join(p.cmdline()[:6]) for p in _session(run.pid)]
+    finally:
+        _kill_session(run.pid)
+    text = log.read_text()
+    assert code == exit_code, f"exit code {code}, expected {exit_code}:\n{text[-5000:]}"
+    assert not left, f"still running after the command returned: {left}"
+    stops = re.findall(r"\[rank(\d)\] stopping at step (\d+) \((SIG\w+)\) after saving", text)
+    assert "killed by signal" not in text and "Traceback" not in text, text[-5000:]
+    assert len(stops) == 2 and {s[0] for s in stops} == {"0", "1"}, f"not every rank stopped cleanly:\n{text[-5000:]}"
+    assert stops[0][1:] == stops[1][1:] == (stops[0][1], sig.name), stops  # the same step, the signal sent
+    step = int(stops[0][1])
+    ckpts = out / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == f"global_step{step}"
+    assert len(list((ckpts / f"global_step{step}").glob("*optim_states.pt"))) == 2  # one ZeRO-2 shard per rank
+    assert step < REFERENCE_STEPS, f"stopped at step {step}: too late to compare with the reference run"
+
+    port = _free_port()
+    resume_args = [*args, f"train.max_steps={REFERENCE_STEPS}", "--resume"]
+    _complete(_deepspeed(port, *resume_args), port, tmp_path / "resumed.log")
+    resumed = read_scalars(out / "tensorboard")["train/loss"]
+    expected = reference(max_tokens)
+    for s in range(step + 1, REFERENCE_STEPS + 1):
+        assert resumed[s] == expected[s], (s, resumed[s], expected[s])
+
+
+def test_dataloader_worker_ignores_outside_stop_signals_but_not_its_parents(tmp_path: Path) -> None:
+    """A worker survives SIGTERM/SIGINT from another process (the launcher, SLURM, Ctrl-C), and still ends on its
+    parent's SIGTERM (how multiprocessing stops daemonic workers at exit)."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from ds_train.stopping import worker_init_fn\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    worker_init_fn(0)\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
+        "    os._exit(3)\n"
+        "sys.stdin.readline()\n"  # the test signals the child from outside, then asks the parent to signal it
+        "os.kill(pid, signal.SIGTERM)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), flush=True)\n"
+    )
+    env = dict(_env(), PYTHONPATH=str(REPO))
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        child = int(parent.stdout.readline())
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            os.kill(child, sig)
+        time.sleep(0.5)
+        assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert int(parent.stdout.readline()) == -signal.SIGTERM
+    finally:
+        parent.kill()
