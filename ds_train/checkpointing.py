@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ds_train.config import ConfigError
+from ds_train.errors import WorldSizeError
 
 log = logging.getLogger("ds_train")
 META_FILE = "ds_train_meta.json"
@@ -79,7 +79,7 @@ def check_world_size(ckpt_dir: Path, tag: str, world_size: int, ds_config: dict)
     if saved is None or saved == world_size or ds_config.get("checkpoint", {}).get("load_universal"):
         return
     src = ckpt_dir / tag
-    raise ConfigError(
+    raise WorldSizeError(
         f"checkpoint {src} was written by {saved} data-parallel rank(s) but this run has {world_size}. Convert it to "
         f"DeepSpeed's universal format and resume from that:\n"
         f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {src} --output_folder {src}_universal\n"

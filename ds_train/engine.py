@@ -24,8 +24,7 @@ from data_pipeline.codecs import Codec
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import IGNORE_INDEX, AudioGeometry, LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import DATASET_FILE
-from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.prepared_dataset import PreparedDataset, read_prepared_meta
 from data_pipeline.sampler import ResumableBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
@@ -33,6 +32,7 @@ from ds_train import checkpointing
 from ds_train.build import build_codec, build_model, build_tokenizer
 from ds_train.config import ConfigError, RunConfig, resolve_deepspeed_config
 from ds_train.distributed import device_for, init_distributed
+from ds_train.errors import CheckpointError
 from ds_train.evaluation import Evaluator
 from ds_train.flops import llm_flops_per_token, peak_flops
 from ds_train.generate import generate_codes, prompt_from_batch
@@ -110,7 +110,7 @@ def _open_dataset(prepared: str | None, manifest: str | None, codec: Codec, layo
 def _check_prepared_codec(prepared: str, key: str, codec: str, codec_path: str | None) -> None:
     """A prepared set's codes mean something only with the codec that made them: another codec kind is an error, other
     weights (a different file) a warning, since the same weights may live at another path on this machine."""
-    meta = json.loads((Path(prepared) / DATASET_FILE).read_text())
+    meta = read_prepared_meta(prepared)
     if meta["codec"] != codec:
         raise ConfigError(
             f"{key} {prepared} was encoded with the {meta['codec']!r} codec but this run uses {codec!r}: "
@@ -125,7 +125,7 @@ def build_data(cfg: RunConfig, tokenizer, rank: int) -> DataParts:
     """The training set (data.prepared or data.manifest), the optional eval set, the collator and the codec."""
     d = cfg.data
     if d.prepared and not d.codec_path:  # the codec the shards were encoded with
-        meta = json.loads((Path(d.prepared) / DATASET_FILE).read_text())
+        meta = read_prepared_meta(d.prepared)
         d.codec, d.codec_path = meta["codec"], meta["codec_path"]
     for key, prepared in (("data.prepared", d.prepared), ("data.eval_prepared", d.eval_prepared)):
         if prepared:
@@ -273,7 +273,7 @@ class Trainer:
         checkpointing.check_world_size(self.ckpt_dir, tag, self.world_size, self.ds_config)
         load_path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if load_path is None:
-            raise RuntimeError(f"--resume: DeepSpeed could not load the latest checkpoint in {self.ckpt_dir}")
+            raise CheckpointError(f"--resume: DeepSpeed could not load the latest checkpoint in {self.ckpt_dir}")
         self.micro_batches = int(client["micro_batches"])
         states = client["rng"]
         _set_rng_state(states[self.rank] if self.rank < len(states) else states[0])
