@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data_pipeline.codecs import Codec, load_codec
 from data_pipeline.encode_rows import encode_rows
+from data_pipeline.errors import DATA_ERRORS, UsageError, run_cli
 from data_pipeline.manifest import Reject, read_manifest
 from data_pipeline.shards import DATASET_FILE, INDEX_FILE, REJECTS_FILE, shard_index, shard_name, write_shard
 from data_pipeline.validation import Limits
@@ -76,7 +77,7 @@ def prepare(cfg: PrepareConfig, rank: int = 0, world_size: int = 1, show_progres
         old = json.loads(meta_path.read_text())
         changed = {k for k in meta if old.get(k) != meta[k]}
         if changed:
-            raise ValueError(f"{out} was prepared with different settings ({sorted(changed)}); use a new --out")
+            raise UsageError(f"{out} was prepared with different settings ({sorted(changed)}); use a new --out")
     elif rank == 0:
         meta_path.write_text(json.dumps(meta, indent=2))
     shards = [rows[i : i + cfg.rows_per_shard] for i in range(0, len(rows), cfg.rows_per_shard)]
@@ -132,6 +133,11 @@ def merge(out: Path, num_shards: int, parse_rejects: list[Reject], total_rows: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run prepare; an expected error is one `error:` line and its exit code (see data_pipeline.errors)."""
+    return run_cli(_main, argv, DATA_ERRORS)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipeline.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--manifest", required=True)
@@ -149,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for field in ("min_seconds", "max_seconds", "min_ref_seconds", "max_ref_seconds"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(Limits(), field))
     parser.add_argument("--max-text-chars", type=int, default=Limits().max_text_chars)
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank")]
+    parser.add_argument("--traceback", action="store_true", help="on an expected error, show the full traceback")
+    argv = [a for a in argv if not a.startswith("--local_rank")]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

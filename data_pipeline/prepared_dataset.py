@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
+from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
 from data_pipeline.shards import (
@@ -33,13 +34,33 @@ OPEN_SHARDS = 64  # open shard files per process (metadata only: rows are read o
 CACHED_GROUPS = 2
 
 
+def _not_prepared(root: Path, why: str) -> InputError:
+    return InputError(f"{root} is not a prepared set: {why}; make one with python -m data_pipeline.prepare")
+
+
+def read_prepared_meta(root: str | Path) -> dict:
+    """A prepared set's dataset.json; InputError naming the folder and the missing or unreadable file otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise _not_prepared(root, "no such folder")
+    path = root / DATASET_FILE
+    if not path.is_file():
+        raise _not_prepared(root, f"it has no {DATASET_FILE}")
+    try:
+        meta = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError too
+        raise _not_prepared(root, f"{path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise _not_prepared(root, f"{path} is not a JSON object")
+    return meta
+
+
 class PreparedDataset(Dataset):
     def __init__(self, root: str | Path, layout: LayoutBuilder) -> None:
         self.root = Path(root)
-        for name in (DATASET_FILE, INDEX_FILE):
-            if not (self.root / name).is_file():
-                raise FileNotFoundError(f"{self.root} is not a prepared dataset (no {name}); run data_pipeline.prepare")
-        self.meta = json.loads((self.root / DATASET_FILE).read_text())
+        self.meta = read_prepared_meta(self.root)
+        if not (self.root / INDEX_FILE).is_file():
+            raise _not_prepared(self.root, f"it has no {INDEX_FILE} (the prepare run did not finish; run it again)")
         geo = layout.geometry
         if (self.meta["num_codebooks"], self.meta["codebook_size"]) != (geo.num_codebooks, geo.codec_codebook_size):
             raise ValueError(

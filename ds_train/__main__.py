@@ -4,6 +4,10 @@ python -m ds_train train --config run.yaml [section.key=value ...] [--resume | -
 python -m ds_train demo [--steps N] [--output-dir DIR] [section.key=value ...]
 python -m ds_train doctor --config run.yaml [section.key=value ...]
 python -m ds_train info [--preset 3b] [--whisper large-v3|off]
+
+Options and section.key=value overrides may come in any order. An expected error (config, missing file, bad input,
+bad checkpoint, world-size mismatch, health halt) prints one `error: ...` line and exits with its own code (README
+"Errors and exit codes"); add --traceback (or set DS_TRAIN_TRACEBACK=1) for the full trace.
 """
 
 from __future__ import annotations
@@ -26,6 +30,26 @@ def _setup_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data_pipeline.errors import run_cli
+    from ds_train.errors import TRAINER_ERRORS
+
+    return run_cli(_main, argv, TRAINER_ERRORS)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, except that overrides (section.key=value) may also follow options, e.g. `--resume train.lr=1e-4`:
+    argparse fills the `overrides` positional once, so later ones come back unrecognized and are appended here."""
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if "=" in a and not a.startswith("-")]
+    if late and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *late]
+        extra = [a for a in extra if a not in late]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ds_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -62,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
-    argv = sys.argv[1:] if argv is None else argv
+    parser.add_argument("--traceback", action="store_true", help="on an expected error, show the full traceback")
     # The deepspeed launcher inserts --local_rank=N before the subcommand; LOCAL_RANK in the environment says the same.
     argv = [a for a in argv if not a.startswith("--local_rank")]
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command == "info":
         from ds_train.info import describe
 

@@ -22,7 +22,37 @@ from ds_train.presets import llm_config, whisper_config
 log = logging.getLogger(__name__)
 
 
+# One of these makes a folder a tokenizer folder (fast tokenizer, SentencePiece, or byte-level BPE vocab + merges).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dirs(cfg: RunConfig) -> None:
+    """Say what is missing from model.path / model.tokenizer_path before transformers fails on it (it would blame
+    missing sentencepiece or tiktoken packages for an empty folder)."""
+    m = cfg.model
+    needs: dict[str, list[str]] = {}  # folder key -> what it must hold
+    if m.path:
+        needs["model.path"] = ["config.json"] + ([] if m.tokenizer_path else ["tokenizer"])
+    if m.tokenizer_path:
+        needs["model.tokenizer_path"] = ["tokenizer"]
+    for key, wanted in needs.items():
+        folder = Path(getattr(m, key.split(".")[1]))
+        if not folder.is_dir():
+            raise ConfigError(f"{key} {folder} does not exist (weights are never downloaded: give a local folder)")
+        missing = []
+        if "config.json" in wanted and not (folder / "config.json").is_file():
+            missing.append("config.json")
+        if "tokenizer" in wanted and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+        if missing:
+            raise ConfigError(
+                f"{key} {folder} is not a transformers model folder: no {' and no '.join(missing)}; point it at a "
+                "folder holding the model's config.json, tokenizer files and weights"
+            )
+
+
 def build_tokenizer(cfg: RunConfig) -> PreTrainedTokenizerBase:
+    check_model_dirs(cfg)
     path = cfg.model.tokenizer_path or cfg.model.path
     return load_tokenizer(path) if path else build_tiny_tokenizer()
 

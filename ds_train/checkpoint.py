@@ -24,6 +24,7 @@ from data_pipeline.text_tokens import load_tokenizer
 from data_pipeline.types import AudioGeometry
 from ds_train.build import build_model, build_tokenizer
 from ds_train.config import ConfigError, RunConfig
+from ds_train.errors import CheckpointError, WorldSizeError
 
 log = logging.getLogger("ds_train")
 CHECKPOINT_SUBDIR = "checkpoints"  # inside train.output_dir
@@ -68,11 +69,11 @@ class Checkpointer:
         check_world_size(self.ckpt_dir, tag, world_size, ds_config)
         load_path, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         if load_path is None:
-            raise RuntimeError(f"--resume: DeepSpeed could not load the latest checkpoint in {self.ckpt_dir}")
+            raise CheckpointError(f"--resume: DeepSpeed could not load the latest checkpoint in {self.ckpt_dir}")
         states = component_states(client, f"{self.ckpt_dir / tag}")
         for name, component in self.components.items():
             if name not in states:
-                raise ConfigError(f"{self.ckpt_dir / tag} has no state for {name!r}: it was written by another version")
+                raise CheckpointError(f"{self.ckpt_dir / tag} has no state for {name!r} (written by another version)")
             component.load_state_dict(states[name])
         return load_path
 
@@ -89,7 +90,7 @@ def component_states(client: dict, where: str) -> dict[str, dict]:
             "health": client.get("monitor") or {},
             "best_eval": {"best": float(client.get("best_eval_loss", float("inf")))},
         }
-    raise ConfigError(
+    raise CheckpointError(
         f"{where}: not a ds_train checkpoint this version can resume (client state format {client.get('format')!r}, "
         f"keys {sorted(client)[:8]}); export it with the version that wrote it, or start a fresh run"
     )
@@ -153,7 +154,7 @@ def check_world_size(ckpt_dir: Path, tag: str, world_size: int, ds_config: dict)
     if saved is None or saved == world_size or ds_config.get("checkpoint", {}).get("load_universal"):
         return
     src = ckpt_dir / tag
-    raise ConfigError(
+    raise WorldSizeError(
         f"checkpoint {src} was written by {saved} data-parallel rank(s) but this run has {world_size}. Convert it to "
         f"DeepSpeed's universal format and resume from that:\n"
         f"  python -m deepspeed.checkpoint.ds_to_universal --input_folder {src} --output_folder {src}_universal\n"

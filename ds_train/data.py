@@ -4,7 +4,6 @@ generation and the doctor all build their data here."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,8 @@ from data_pipeline.codecs import Codec
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.prepared_dataset import PreparedDataset, read_prepared_meta
 from data_pipeline.samplers import PositionalBatchSampler, ResumableBatchSampler, TokenBudgetBatchSampler
-from data_pipeline.shards import DATASET_FILE
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.types import AudioGeometry
 from data_pipeline.whisper_features import WhisperLogMel, attach_features
@@ -53,15 +51,6 @@ class BatchPreparer:
         return attach_features(to_device(batch, self.device), self.log_mel)
 
 
-def _prepared_meta(prepared: str, key: str) -> dict:
-    path = Path(prepared) / DATASET_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"{key}={prepared} is not a prepared set (no {DATASET_FILE}); make one with data_pipeline.prepare"
-        )
-    return json.loads(path.read_text())
-
-
 def resolve_codec(cfg: RunConfig) -> RunConfig:
     """The config with `data.codec` (and `data.codec_path`) settled: a prepared set's own codec, or "dac" for a
     manifest. A prepared set's codes mean something only with the codec that made them: an explicit `data.codec` of
@@ -71,7 +60,7 @@ def resolve_codec(cfg: RunConfig) -> RunConfig:
         raise ConfigError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
     codec, codec_path = d.codec, d.codec_path
     if d.prepared:
-        meta = _prepared_meta(d.prepared, "data.prepared")
+        meta = read_prepared_meta(d.prepared)
         if codec is not None and codec != meta["codec"]:
             raise ConfigError(
                 f"data.codec={codec} but data.prepared {d.prepared} was encoded with the {meta['codec']!r} codec: "
@@ -83,7 +72,7 @@ def resolve_codec(cfg: RunConfig) -> RunConfig:
     for key, prepared in (("data.prepared", d.prepared), ("data.eval_prepared", d.eval_prepared)):
         if not prepared:
             continue
-        meta = _prepared_meta(prepared, key)
+        meta = read_prepared_meta(prepared)
         if meta["codec"] != codec:
             raise ConfigError(
                 f"{key} {prepared} was encoded with the {meta['codec']!r} codec but this run uses {codec!r}: "

@@ -104,3 +104,77 @@ def test_multi_node_script_with_a_localhost_hostfile(assets, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 rank(s)" in proc.stderr
     assert sorted(read_scalars(tmp_path / "run" / "tensorboard")["train/loss"]) == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def _fail(cmd: list[str], code: int, env: dict[str, str] | None = None, timeout: int = 600) -> str:
+    """Run a command that must stop with an expected error: exit `code`, no traceback; -> its stderr."""
+    proc = subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == code, (
+        f"{' '.join(cmd)} -> {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    return proc.stderr
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_config_error_is_one_line_with_its_exit_code_and_traceback_on_request(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "ds_train", "train", "--config", str(tmp_path / "none.yaml")]
+    stderr = _fail(cmd, 3)
+    assert stderr.strip().splitlines()[-1] == f"error: run config {tmp_path / 'none.yaml'} does not exist"
+    assert len(_error_lines(stderr)) == 1
+    for extra, env in ((["--traceback"], _env()), ([], dict(_env(), DS_TRAIN_TRACEBACK="1"))):
+        proc = subprocess.run([*cmd, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 3 and "Traceback (most recent call last)" in proc.stderr
+        assert "ds_train.config.ConfigError: run config" in proc.stderr
+    # once per node: a rank other than local rank 0 exits with the same code and prints nothing
+    quiet = _fail(cmd, 3, env=dict(_env(), RANK="1", LOCAL_RANK="1"))
+    assert not _error_lines(quiet)
+
+
+def test_overrides_are_accepted_after_options(tmp_path: Path) -> None:
+    """`--resume train.x=...` after earlier overrides used to be refused by argparse (exit 2)."""
+    cmd = [sys.executable, "-m", "ds_train", "train", "--config", str(CONFIGS / "demo.yaml"), "train.max_steps=1",
+           "--resume", "train.no_such_key=1"]  # fmt: skip
+    assert "unknown config key 'train.no_such_key'" in _error_lines(_fail(cmd, 3))[0]
+
+
+def test_missing_checkpoint_and_missing_manifest_exit_4(tmp_path: Path) -> None:
+    export = [sys.executable, "-m", "ds_train", "export", "--checkpoint", str(tmp_path / "nothing"), "--out",
+              str(tmp_path / "out")]  # fmt: skip
+    assert _error_lines(_fail(export, 4)) == [f"error: {tmp_path / 'nothing'} is not a DeepSpeed checkpoint "
+                                              "(no 'latest' file or *model_states.pt)"]  # fmt: skip
+    prepare = [sys.executable, "-m", "data_pipeline.prepare", "--manifest", str(tmp_path / "m.jsonl"), "--codec",
+               "dac", "--codec-path", str(tmp_path / "dac.pth"), "--out", str(tmp_path / "prep")]  # fmt: skip
+    assert _error_lines(_fail(prepare, 4)) == [f"error: manifest {tmp_path / 'm.jsonl'} does not exist"]
+
+
+def test_bad_model_path_and_prepared_set_are_named(assets, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    base = [sys.executable, "-m", "ds_train", *_train_args(assets, tmp_path / "run"), "data.num_workers=0"]
+    (line,) = _error_lines(_fail([*base, f"model.path={tmp_path / 'empty'}"], 3))
+    assert f"model.path {tmp_path / 'empty'} is not a transformers model folder: no config.json and no tokenizer " \
+        "files (one of tokenizer.json, tokenizer.model, vocab.json)" in line  # fmt: skip
+    (line,) = _error_lines(_fail([*base, f"data.prepared={tmp_path / 'none'}", "data.manifest="], 5))
+    assert line == (f"error: {tmp_path / 'none'} is not a prepared set: no such folder; make one with "
+                    "python -m data_pipeline.prepare")  # fmt: skip
+
+
+def test_world_size_mismatch_and_health_halt_have_their_own_codes(assets, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    tag = run / "checkpoints" / "global_step2"
+    tag.mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("global_step2")
+    (tag / "ds_train_meta.json").write_text(json.dumps({"world_size": 2}))
+    base = [sys.executable, "-m", "ds_train", *_train_args(assets, run), "data.num_workers=0"]
+    stderr = _fail([*base, "--resume"], 7)
+    assert _error_lines(stderr)[0].startswith(f"error: checkpoint {tag} was written by 2 data-parallel rank(s)")
+    halt = [*base[:-1], f"train.output_dir={tmp_path / 'halt'}", "data.num_workers=0", "train.max_steps=3",
+            "monitor.on_params_unchanged=halt", "monitor.halt_after=1", "train.lr=1e-30", "train.min_lr=0"]  # fmt: skip
+    (line,) = _error_lines(_fail(halt, 8))
+    assert "params_unchanged" in line and "set monitor.on_params_unchanged=warn" in line

@@ -276,8 +276,8 @@ def test_pairs_deterministic_and_order_independent(corpus: Path, tmp_path: Path)
 def test_pairs_rejects_bad_limits_and_missing_corpus(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_ref_seconds"):
         pair_corpus(tmp_path, tmp_path, min_ref_seconds=5, max_ref_seconds=2)
-    assert main(["pairs", str(tmp_path), "--out", str(tmp_path / "m.jsonl")]) == 2  # folder without metadata.csv
-    assert main(["chatml", str(tmp_path / "none.json"), "--out", str(tmp_path / "m.jsonl")]) == 2
+    assert main(["pairs", str(tmp_path), "--out", str(tmp_path / "m.jsonl")]) == 4  # folder without metadata.csv
+    assert main(["chatml", str(tmp_path / "none.json"), "--out", str(tmp_path / "m.jsonl")]) == 4  # missing file
 
 
 # ---------------------------------------------------------------------------------------------------- command line

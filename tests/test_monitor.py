@@ -13,7 +13,7 @@ import torch
 
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from data_pipeline.types import IGNORE_INDEX
-from ds_train.monitor import HealthError
+from ds_train.health import HealthError
 from ds_train.parts import PART_NAMES
 from ds_train.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
 from ds_train.trainer import Trainer
