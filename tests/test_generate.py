@@ -128,7 +128,8 @@ def test_whisper_injection_follows_the_prompt_in_chunks(chunk: int) -> None:
     with torch.no_grad():
         model.arm_audio_in(embeds)
         whole = model.llm.model(input_ids=ids, attention_mask=batch["attention_mask"], audio_input_ids=frames,
-                                audio_input_ids_mask=batch["audio_input_ids_mask"], use_cache=False).last_hidden_state
+                                audio_input_ids_mask=batch["audio_input_ids_mask"], use_cache=False)  # fmt: skip
+        whole = whole.last_hidden_state
         model.arm_audio_in(embeds)
         cache, parts = DynamicCache(config=model.config), []
         for start in range(0, ids.shape[1], chunk):
