@@ -186,15 +186,17 @@ def _higgs_hop_length(config: HiggsAudioV2TokenizerConfig) -> int:
 class HiggsCodec:
     """Higgs Audio v2 tokenizer backend: 24 kHz mono -> 8 RVQ codebooks x 1024 at 25 frames/s (published model).
 
-    Each waveform is zero-padded on the right to ceil(S / hop) whole frames before encoding. At a whole number of
-    frames the acoustic (DAC) and semantic (HuBERT) branches yield the same frame count, so the model never takes its
-    fallback that re-encodes the acoustic branch with a half-hop offset; codes for inputs already a multiple of the hop
-    are exactly `model.encode`'s.
+    Each waveform is encoded at its own length, so codes are exactly `model.encode`'s for any length: round(S / hop)
+    frames (half up). Padding to whole frames would change them: at a length that is not a multiple of the hop the
+    model re-encodes the acoustic branch with half-hop padding on both sides to match the semantic branch's frame
+    count, and right-padding skips that path (9-40 % of codes per codebook differed, and +60 samples gained a mostly
+    silent frame). Only a waveform too short for the model to encode at all (under ~5 ms, empty included) is
+    zero-padded to one hop: one frame.
 
-    Batched encode runs one forward per distinct padded length and never pads one utterance to another's length:
-    HuBERT's GroupNorm over time and its unmasked self-attention let padding change every frame's semantic features,
-    and the acoustic encoder's receptive field (~1 s) reaches far past the last frame. Batched codes therefore equal
-    one-at-a-time codes; sorting a batch by length lets more utterances share a forward.
+    Batched encode runs one forward per distinct length and never pads one utterance to another's length: HuBERT's
+    GroupNorm over time and its unmasked self-attention let padding change every frame's semantic features, and the
+    acoustic encoder's receptive field (~1 s) reaches far past the last frame. Batched codes therefore equal
+    one-at-a-time codes; only utterances of exactly equal length share a forward.
     """
 
     def __init__(self, model: HiggsAudioV2TokenizerModel, device: str | torch.device = "cpu") -> None:
@@ -239,26 +241,38 @@ class HiggsCodec:
 
     @torch.no_grad()
     def encode(self, waves: list[torch.Tensor], sample_rate: int) -> list[torch.Tensor]:
-        """waves: list of [S_i] mono waveforms at `sample_rate` -> list of codes [C, ceil(S_i' / hop)] (int64), where
-        S_i' is the length at 24 kHz; an empty waveform gives one frame."""
-        padded: list[torch.Tensor] = []
+        """waves: list of [S_i] mono waveforms at `sample_rate` -> list of codes [C, T_i] (int64), `model.encode`'s
+        codes: T_i = round(S_i' / hop) half up, S_i' the length at 24 kHz; a waveform too short to encode gives one
+        frame."""
+        at_rate: list[torch.Tensor] = []
         for wave in waves:
             if wave.dim() != 1:
                 raise ValueError(f"higgs codec: expected a mono waveform [S], got shape {tuple(wave.shape)}")
-            wave = resample(wave.float(), sample_rate, self.sample_rate)
-            frames = max(1, -(-wave.numel() // self.hop_length))
-            padded.append(F.pad(wave, (0, frames * self.hop_length - wave.numel())))
+            at_rate.append(resample(wave.float(), sample_rate, self.sample_rate))
         by_length: dict[int, list[int]] = {}
-        for i, wave in enumerate(padded):
+        for i, wave in enumerate(at_rate):
             by_length.setdefault(wave.numel(), []).append(i)
         codes: list[torch.Tensor] = [torch.empty(0)] * len(waves)
-        for members in by_length.values():
-            batch = torch.stack([padded[i] for i in members]).unsqueeze(1).to(self.device)
-            with full_fp32_precision():
-                out = self.model.encode(batch, return_dict=False)
+        for length, members in by_length.items():
+            out = self._encode_equal_length(torch.stack([at_rate[i] for i in members]), length)
             for row, i in enumerate(members):
                 codes[i] = out[row].long().cpu()
         return codes
+
+    def _encode_equal_length(self, batch: torch.Tensor, length: int) -> torch.Tensor:
+        """batch [B, S] of one length S -> codes [B, C, T]. Below one hop the model's convolutions may not fit the
+        input (it raises); such a batch is padded to one hop instead."""
+        batch = batch.unsqueeze(1).to(self.device)
+        with full_fp32_precision():
+            if length >= self.hop_length:
+                return self.model.encode(batch, return_dict=False)
+            try:
+                return self.model.encode(batch, return_dict=False) if length else self._encode_one_hop(batch)
+            except RuntimeError:  # too short for the semantic model's convolution kernels
+                return self._encode_one_hop(batch)
+
+    def _encode_one_hop(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(F.pad(batch, (0, self.hop_length - batch.shape[-1])), return_dict=False)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

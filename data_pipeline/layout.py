@@ -36,7 +36,8 @@ class LayoutOptions:
     whisper: bool = True
     whisper_turn: str = "user"  # "user" or "system": which turn carries the reference waveform's <|AUDIO|> span
     text_labels: bool = False  # label the target text too (only useful with a text head)
-    label_stream_eos: bool = True  # the model must learn to stop; transformers' processor masks it
+    label_stream_eos: bool = True  # each codebook's own stream EOS: the model must learn to stop (as the original
+    # trainer does; transformers' processor masks it)
 
 
 def whisper_token_count(num_samples: int) -> int:
@@ -154,6 +155,18 @@ class LayoutBuilder:
                 total += value + 2
         return total
 
+    def _target_labels(self, frames: torch.Tensor) -> torch.Tensor:
+        """Delayed target frames [F, C] -> labels [F, C]: every code, plus each codebook's own stream EOS (its first
+        EOS: the end of its codes) when `label_stream_eos`. The stream BOS and the EOS fillers the delay pattern adds
+        after a codebook's own EOS are unlabelled, as in the original Higgs Audio trainer, which delays the labels
+        [-100, codes, EOS] with -100 fillers (one EOS label per codebook, not C - k)."""
+        labels = frames.clone()
+        labels[labels == self.geometry.stream_bos] = IGNORE_INDEX
+        eos = labels == self.geometry.stream_eos
+        own_eos = eos & (eos.cumsum(0) == 1)
+        labels[eos & ~own_eos if self.options.label_stream_eos else eos] = IGNORE_INDEX
+        return labels
+
     def build(
         self,
         sample_id: str,
@@ -206,11 +219,7 @@ class LayoutBuilder:
             labels[labelled] = input_ids[labelled]
 
         audio_frames = torch.cat([ref_frames, tgt_frames], dim=0)
-        tgt_labels = tgt_frames.clone()
-        tgt_labels[tgt_labels == geo.stream_bos] = IGNORE_INDEX
-        if not opts.label_stream_eos:
-            tgt_labels[tgt_labels == geo.stream_eos] = IGNORE_INDEX
-        audio_labels = torch.cat([torch.full_like(ref_frames, IGNORE_INDEX), tgt_labels], dim=0)
+        audio_labels = torch.cat([torch.full_like(ref_frames, IGNORE_INDEX), self._target_labels(tgt_frames)], dim=0)
         return VoiceCloningExample(
             sample_id=sample_id,
             input_ids=input_ids,

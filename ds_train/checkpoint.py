@@ -183,6 +183,27 @@ def _tags(ckpt_dir: Path) -> str:
     return ", ".join(sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir())) or "none"
 
 
+def _full_state_dict(
+    ckpt_dir: Path, tag: str, module_state: dict[str, torch.Tensor], zero_stage: int, model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's complete weights: fp32 master copies of the trained parameters, plus the frozen ones.
+
+    DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` rebuilds trainable parameters from the optimizer shards but
+    recovers frozen ones only from `frozen_param_fragments`, which DeepSpeed saves only when gradients are partitioned
+    (ZeRO-2/3). Under ZeRO-1 every frozen parameter (Whisper's `embed_positions`, a frozen Whisper, LoRA's base weights)
+    would be missing. Below ZeRO-3 the module state file holds every parameter in full, so frozen ones come from there.
+    """
+    if zero_stage == 0:
+        return module_state  # no ZeRO partitions: the module state is complete
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    expected = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for name, value in module_state.items():
+        # Under ZeRO-3 the module state holds empty placeholders for partitioned weights: only full shapes count.
+        if name not in state and name in expected and value.shape == expected[name].shape:
+            state[name] = value
+    return state
+
+
 def load_checkpoint_model(checkpoint: Path, which: str = LATEST_FILE):
     """-> (VoiceCloningModel with the checkpoint's fp32 weights, tokenizer, RunConfig, AudioGeometry); `which` as
     in `locate`. Needs no process group and never imports the trainer."""
@@ -198,10 +219,7 @@ def load_checkpoint_model(checkpoint: Path, which: str = LATEST_FILE):
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else build_tokenizer(cfg)
     geometry = AudioGeometry(int(meta["num_codebooks"]), int(meta["codec_codebook_size"]))
     model = build_model(cfg, tokenizer, geometry)
-    if meta.get("zero_stage", 1) == 0:
-        state = states["module"]  # no ZeRO partitions: the module state is complete
-    else:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    state = _full_state_dict(ckpt_dir, tag, states["module"], int(meta.get("zero_stage", 1)), model)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{ckpt_dir / tag}: weights do not fit the run config's model: missing {missing[:5]}, "

@@ -5,7 +5,8 @@
 
 The prompt is the training layout cut at the target's `<|audio_out_bos|>`, so the model sees exactly what it was
 trained on. transformers' HiggsAudioV2 generation (its delay-pattern logits processor) produces the audio frames; the
-Whisper tower's embeddings replace the `<|AUDIO|>` positions in the prefill step. Runs on one process (CPU or GPU).
+Whisper tower's embeddings replace the `<|AUDIO|>` positions as the prompt is embedded (at once, or chunk by chunk
+with `prefill_chunk_size`). Runs on one process (CPU or GPU).
 """
 
 from __future__ import annotations
@@ -97,16 +98,47 @@ def generate_codes(
     max_frames: int,
     temperature: float = 0.0,
     top_k: int = 0,
+    seed: int | None = None,
 ) -> torch.Tensor:
     """-> codec codes [C, T] of the cloned speech. temperature 0 is greedy; otherwise sampled (top_k 0 = no cut)."""
-    return frames_to_codes(generate_frames(model, prompt, max_frames, temperature, top_k), geometry)
+    return frames_to_codes(generate_frames(model, prompt, max_frames, temperature, top_k, seed), geometry)
+
+
+def sampling_options(temperature: float, top_k: int) -> dict:
+    """transformers `generate` options: greedy at temperature 0, else sampling (top_k 0 = no cut)."""
+    if temperature < 0 or top_k < 0:
+        raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
+    if temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": top_k or None}
+
+
+def _refuse_chunked_prefill(prefill_chunk_size: int | None) -> None:
+    """Our Whisper injection places each chunk's own <|AUDIO|> embeddings (VoiceCloningModel._inject_audio_in), but
+    transformers 5.x HiggsAudioV2 cannot prefill audio codes in chunks: its `prepare_inputs_for_generation` counts the
+    cached <|AUDIO_OUT|> positions in the chunk's ids instead of the prompt's, so a chunk gets the wrong reference
+    frames (different codes even without Whisper) or fails with "Number of elements of source < number of ones in
+    mask". Generating from a wrong prompt silently would be worse than not offering the option."""
+    if prefill_chunk_size is not None:
+        raise ValueError(
+            f"prefill_chunk_size={prefill_chunk_size}: chunked prefill is not supported for Higgs Audio v2 prompts "
+            "(transformers' HiggsAudioV2 misplaces the reference audio codes across chunks); leave it unset"
+        )
 
 
 @torch.no_grad()
 def generate_frames(
-    model: VoiceCloningModel, prompt: Prompt, max_frames: int, temperature: float = 0.0, top_k: int = 0
+    model: VoiceCloningModel,
+    prompt: Prompt,
+    max_frames: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    prefill_chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """-> the generated delayed frames [F, C] (all-BOS frame first), as the model produced them."""
+    """-> the generated delayed frames [F, C] (all-BOS frame first), as the model produced them. `seed` seeds the
+    sampling (same seed, same frames). `prefill_chunk_size` is refused: see `_refuse_chunked_prefill`."""
+    _refuse_chunked_prefill(prefill_chunk_size)
     batch = BatchPreparer(next(model.parameters()).device)(prompt.batch)
     model.eval()
     model.arm_audio_in(
@@ -114,12 +146,13 @@ def generate_frames(
             batch["input_ids"], batch.get("whisper_input_features"), batch.get("whisper_token_counts")
         )
     )
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None} if temperature > 0 else {}
+    if seed is not None:  # transformers samples with torch.multinomial on the global generator
+        torch.manual_seed(seed)
     try:
         out = model.llm.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             audio_input_ids=batch["audio_input_ids"], audio_input_ids_mask=batch["audio_input_ids_mask"],
-            max_new_tokens=max_frames, do_sample=False, return_dict_in_generate=True, **sampling,
+            max_new_tokens=max_frames, return_dict_in_generate=True, **sampling_options(temperature, top_k),
         )  # fmt: skip
     finally:
         model.arm_audio_in(None)
@@ -147,7 +180,6 @@ def clone_voice(
     from ds_train.checkpoint import load_checkpoint_model
     from ds_train.data import build_collator, build_layout
 
-    torch.manual_seed(seed)
     model, tokenizer, cfg, _ = load_checkpoint_model(Path(checkpoint), which)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -158,7 +190,7 @@ def clone_voice(
     (ref_codes,) = codec.encode([wave], rate)
     prompt = build_prompt(layout, collator, ref_text, ref_codes, text, resample(wave, rate, WHISPER_SAMPLE_RATE))
     max_frames = frame_budget(max_seconds, codec.frame_rate, geometry)
-    codes = generate_codes(model, prompt, geometry, max_frames, temperature, top_k)
+    codes = generate_codes(model, prompt, geometry, max_frames, temperature, top_k, seed)
     if codes.shape[1] == 0:
         raise RuntimeError("the model generated no complete audio frame; train longer or raise --max-seconds")
     out = Path(out)

@@ -102,7 +102,7 @@ class VoiceCloningModel(nn.Module):
         self.whisper = whisper
         self.audio_in_token_id = audio_in_token_id
         self._pending_audio_in: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._audio_in_once = False
+        self._audio_in_used: list[int] = []  # per batch row: how many of its <|AUDIO|> embeddings are placed
         # The transformers model embeds input_ids itself; a hook on its embedding swaps in the Whisper outputs.
         self.llm.model.embed_tokens.register_forward_hook(self._inject_audio_in)
 
@@ -111,17 +111,35 @@ class VoiceCloningModel(nn.Module):
         return self.llm.config
 
     def _inject_audio_in(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        if self._pending_audio_in is None:
+        """Replace the embeddings at the <|AUDIO|> ids of the ids being embedded, taking each row's Whisper
+        embeddings in order. Matching ids (not a one-shot mask over the whole prompt) lets generation embed the prompt
+        in any number of chunks (transformers' `prefill_chunk_size`): each chunk gets the embeddings of its own
+        <|AUDIO|> positions."""
+        ids = args[0] if args else None
+        if self._pending_audio_in is None or ids is None or ids.dim() != 2:
             return output
         positions, embeds = self._pending_audio_in
-        if self._audio_in_once:  # generation: only the prefill embeds the prompt's <|AUDIO|> positions
-            self._pending_audio_in, self._audio_in_once = None, False
-        return output.masked_scatter(positions.unsqueeze(-1), embeds.to(output.dtype))
+        here = ids == self.audio_in_token_id  # [B, l]
+        if not bool(here.any()):
+            return output
+        if here.shape[0] != positions.shape[0]:
+            raise ValueError(f"Whisper embeddings were prepared for {positions.shape[0]} rows, got {here.shape[0]}")
+        totals = positions.sum(1).tolist()
+        starts = [sum(totals[:b]) for b in range(len(totals))]
+        pieces = []
+        for b, n in enumerate(here.sum(1).tolist()):
+            used = self._audio_in_used[b]
+            if used + n > totals[b]:
+                raise ValueError(f"row {b}: {used + n} <|AUDIO|> ids embedded, only {totals[b]} Whisper embeddings")
+            pieces.append(embeds[starts[b] + used : starts[b] + used + n])
+            self._audio_in_used[b] = used + n
+        return output.masked_scatter(here.unsqueeze(-1), torch.cat(pieces).to(output.dtype))
 
     def arm_audio_in(self, audio_in: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        """For generation: the next embedding call (the prefill) takes these Whisper embeddings (see
-        `audio_in_embeddings`); None disarms."""
-        self._pending_audio_in, self._audio_in_once = audio_in, audio_in is not None
+        """Embedding calls from now on place these Whisper embeddings (see `audio_in_embeddings`) at the <|AUDIO|> ids
+        they embed, in order, whether the prompt is embedded at once or in chunks; None disarms."""
+        self._pending_audio_in = audio_in
+        self._audio_in_used = [0] * (0 if audio_in is None else audio_in[0].shape[0])
 
     def audio_in_embeddings(
         self, input_ids: torch.Tensor, features: torch.Tensor | None, token_counts: torch.Tensor | None
@@ -158,14 +176,14 @@ class VoiceCloningModel(nn.Module):
     ):
         """transformers' own forward (its logits [B, L, C*K] and, with audio_labels, its loss) on the same inputs,
         Whisper embeddings included. For checks and export comparisons; training uses `forward`."""
-        self._pending_audio_in = self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts)
+        self.arm_audio_in(self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts))
         try:
             return self.llm(
                 input_ids=input_ids, attention_mask=attention_mask, audio_input_ids=audio_input_ids,
                 audio_input_ids_mask=audio_input_ids_mask, audio_labels=audio_labels, use_cache=False,
             )  # fmt: skip
         finally:
-            self._pending_audio_in = None
+            self.arm_audio_in(None)
 
     def forward(
         self,
@@ -183,7 +201,7 @@ class VoiceCloningModel(nn.Module):
         """input_ids, attention_mask, labels [B, L]; audio_input_ids, audio_labels [B, F, C]; audio mask [B, F];
         loss_weights: the step's per-token weights (training), or None for the micro-batch mean."""
         cfg = self.llm.config
-        self._pending_audio_in = self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts)
+        self.arm_audio_in(self.audio_in_embeddings(input_ids, whisper_input_features, whisper_token_counts))
         try:
             hidden = self.llm.model(
                 input_ids=input_ids,
@@ -194,7 +212,7 @@ class VoiceCloningModel(nn.Module):
             ).last_hidden_state  # [B, L, H]
         finally:
             audio_in_positions = 0 if self._pending_audio_in is None else int(self._pending_audio_in[1].shape[0])
-            self._pending_audio_in = None
+            self.arm_audio_in(None)
 
         # Codes of each placeholder position, aligned with input_ids: [B, L, C].
         placeholder = (input_ids == cfg.audio_token_id) | (input_ids == cfg.audio_delay_token_id)

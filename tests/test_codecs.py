@@ -142,13 +142,42 @@ def test_save_load_round_trip(backend: Backend) -> None:
         assert torch.equal(loaded, fresh)
 
 
-def test_higgs_matches_model_encode_on_whole_frames() -> None:
-    codec = HiggsCodec(tiny_higgs(seed=1))
-    wave = _speechlike(0.8, 24000, seed=5)  # 20 frames exactly: no padding added
-    (codes,) = codec.encode([wave], 24000)
+@pytest.fixture(scope="module")
+def higgs_seed1() -> HiggsCodec:
+    return HiggsCodec(tiny_higgs(seed=1))
+
+
+def _model_encode(codec: HiggsCodec, wave: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        expected = codec.model.encode(wave.view(1, 1, -1), return_dict=False)[0]
-    assert torch.equal(codes, expected)
+        return codec.model.encode(wave.view(1, 1, -1), return_dict=False)[0]
+
+
+@pytest.mark.parametrize("extra", [0, 1, 60, 500])
+def test_higgs_codes_are_model_encode_codes_at_any_length(higgs_seed1: HiggsCodec, extra: int) -> None:
+    """Lengths that are not a multiple of the hop take the model's half-hop padded acoustic path; right-padding to a
+    whole frame skipped it and changed 9-40 % of the codes (and +60 samples gained a frame)."""
+    codec, frames = higgs_seed1, 20
+    length = frames * codec.hop_length + extra
+    waves = [_speechlike(1.0, 24000, seed=i)[:length] for i in range(2)]
+    waves.append(_speechlike(1.0, 24000, seed=2)[: length + 7])  # another odd length in the same call
+    expected = [_model_encode(codec, w) for w in waves]
+    assert expected[0].shape[-1] == frames + (extra >= codec.hop_length // 2)  # the model rounds, half up
+    for wave, want in zip(waves, expected, strict=True):
+        (single,) = codec.encode([wave], 24000)
+        assert torch.equal(single, want)
+    for got, want in zip(codec.encode(waves, 24000), expected, strict=True):  # batched: two share a forward
+        assert torch.equal(got, want)
+
+
+def test_higgs_too_short_to_encode_gives_one_frame(higgs_seed1: HiggsCodec) -> None:
+    codec = higgs_seed1
+    short = _speechlike(0.5, 24000, seed=3)[:50]
+    with pytest.raises(RuntimeError):
+        _model_encode(codec, short)  # the model's convolutions do not fit 50 samples
+    padded = torch.nn.functional.pad(short, (0, codec.hop_length - 50))
+    codes = codec.encode([short, torch.zeros(0), short[:40]], 24000)
+    assert [tuple(c.shape) for c in codes] == [(codec.num_codebooks, 1)] * 3
+    assert torch.equal(codes[0], _model_encode(codec, padded))
 
 
 def _tiny_config(acoustic: dict | None = None, semantic: dict | None = None) -> HiggsAudioV2TokenizerConfig:

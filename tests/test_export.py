@@ -52,13 +52,28 @@ def _assert_same(model, batch, ref, ref_logits) -> None:
     assert torch.equal(got.predicted_codes, ref.predicted_codes)
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
-def test_export_reproduces_the_trained_model(assets, tmp_path: Path, stage: int) -> None:
-    trainer = Trainer(
-        make_config(
-            assets, tmp_path / "run", "train.max_steps=3", f"train.deepspeed_config={_ds_file(tmp_path, stage)}"
-        )
-    )
+VARIANTS = {
+    "full": (),
+    "whisper_frozen": ("whisper.trainable=false",),
+    "lora": ("model.lora_rank=4",),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_export_reproduces_the_checkpoint(assets, tmp_path: Path, stage: int, variant: str) -> None:
+    """Every ZeRO stage x {full fine-tuning, frozen Whisper, LoRA}: frozen weights (Whisper's `embed_positions` always,
+    the whole encoder when frozen, every LoRA base weight) must come through too. Under ZeRO-1 DeepSpeed's fp32
+    reconstruction leaves them out; one optimizer step is enough to make the trained weights differ from init."""
+    cfg = make_config(assets, tmp_path / "run", "train.max_steps=1",
+                      f"train.deepspeed_config={_ds_file(tmp_path, stage)}", *VARIANTS[variant])  # fmt: skip
+    trainer = Trainer(cfg)
+    module = trainer.engine.module
+    if variant == "lora":
+        trainable = [n for n, p in module.named_parameters() if p.requires_grad and n.startswith("llm.")]
+        assert trainable and all("lora_" in n for n in trainable)
+    if variant == "whisper_frozen":
+        assert not any(p.requires_grad for p in module.whisper.encoder.parameters())
     trainer.fit()
     batch, ref, ref_logits = _reference_outputs(trainer)
     out = export(tmp_path / "run", tmp_path / "export")
@@ -68,20 +83,8 @@ def test_export_reproduces_the_trained_model(assets, tmp_path: Path, stage: int)
     ).is_file()
     plain = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(out), local_files_only=True)
     assert plain.config.num_codebooks == trainer.geometry.num_codebooks
-    _assert_same(_reloaded(out, trainer.geometry), batch, ref, ref_logits)
-
-
-@pytest.mark.parametrize("stage", [2, 3])
-def test_lora_trains_and_exports_merged(assets, tmp_path: Path, stage: int) -> None:
-    cfg = make_config(assets, tmp_path / "run", "train.max_steps=3", "model.lora_rank=4",
-                      f"train.deepspeed_config={_ds_file(tmp_path, stage)}")  # fmt: skip
-    trainer = Trainer(cfg)
-    trainable = [n for n, p in trainer.engine.module.named_parameters() if p.requires_grad and n.startswith("llm.")]
-    assert trainable and all("lora_" in n for n in trainable)
-    trainer.fit()
-    batch, ref, ref_logits = _reference_outputs(trainer)
-    out = export(tmp_path / "run", tmp_path / "export")
-    assert json.loads((out / "ds_train_export.json").read_text())["lora_layers_merged"] == 20
+    merged = json.loads((out / "ds_train_export.json").read_text())["lora_layers_merged"]
+    assert merged == (20 if variant == "lora" else 0)
     reloaded = _reloaded(out, trainer.geometry)
     assert not any("lora" in n for n, _ in reloaded.named_parameters())
     _assert_same(reloaded, batch, ref, ref_logits)

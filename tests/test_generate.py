@@ -76,6 +76,80 @@ def test_greedy_generation_agrees_with_the_teacher_forced_forward(whisper: bool)
     assert real.sum() >= 4 and torch.equal(predicted[real], target[real])
 
 
+def test_a_model_fit_to_one_sample_generates_it_and_stops() -> None:
+    """Only each codebook's own stream EOS is labelled (not the delay pattern's fillers): that is enough for generation
+    to stop. Overfit one sample, then greedy generation reproduces its codes and ends with the all-EOS frame well
+    before the frame limit."""
+    model, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper=False)
+    target = torch.randint(0, 256, (4, 6), generator=torch.Generator().manual_seed(7))
+    batch = collator([builder.build("x", "the reference", ref_codes, "new words", target)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    prompt = build_prompt(builder, collator, "the reference", ref_codes, "new words")
+    raw = generate_frames(model, prompt, max_frames=40)
+    assert torch.equal(frames_to_codes(raw, GEO), target)
+    assert raw.shape[0] < 40 and (raw[-1] == GEO.stream_eos).all()
+
+
+def test_seeded_sampling_is_reproducible() -> None:
+    model, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper=True)
+    prompt = build_prompt(builder, collator, "the reference", ref_codes, "new words", ref_wave)
+
+    def sample(seed: int) -> torch.Tensor:
+        return generate_frames(model, prompt, max_frames=20, temperature=0.7, top_k=50, seed=seed)
+
+    first = sample(0)
+    assert torch.equal(first, sample(0))
+    assert not torch.equal(first, sample(1))
+    assert not torch.equal(first, generate_frames(model, prompt, max_frames=20))  # not greedy
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16])
+def test_whisper_injection_follows_the_prompt_in_chunks(chunk: int) -> None:
+    """A prompt embedded chunk by chunk through the KV cache (what `prefill_chunk_size` does) must see the same Whisper
+    embeddings at the same positions as a prompt embedded at once: each chunk gets its own <|AUDIO|> embeddings (a
+    one-shot injection would put them all into the first chunk that has any)."""
+    from transformers import DynamicCache
+
+    from data_pipeline.whisper_features import WhisperLogMel, attach_features
+
+    model, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper=True)
+    batch = build_prompt(builder, collator, "the reference", ref_codes, "new words", ref_wave).batch
+    batch = attach_features(batch, WhisperLogMel())
+    ids, frames = batch["input_ids"], batch["audio_input_ids"]
+    audio_in = (ids[0] == builder.ids.audio_in).nonzero().flatten()
+    assert int(audio_in[-1]) // chunk > int(audio_in[0]) // chunk  # the <|AUDIO|> span straddles chunks
+    placeholder = (ids == model.config.audio_token_id) | (ids == model.config.audio_delay_token_id)
+    embeds = model.audio_in_embeddings(ids, batch["whisper_input_features"], batch["whisper_token_counts"])
+    with torch.no_grad():
+        model.arm_audio_in(embeds)
+        whole = model.llm.model(input_ids=ids, attention_mask=batch["attention_mask"], audio_input_ids=frames,
+                                audio_input_ids_mask=batch["audio_input_ids_mask"], use_cache=False)  # fmt: skip
+        whole = whole.last_hidden_state
+        model.arm_audio_in(embeds)
+        cache, parts = DynamicCache(config=model.config), []
+        for start in range(0, ids.shape[1], chunk):
+            end = start + chunk
+            first, count = int(placeholder[0, :start].sum()), int(placeholder[0, start:end].sum())
+            parts.append(model.llm.model(
+                input_ids=ids[:, start:end], attention_mask=batch["attention_mask"][:, :end],
+                audio_input_ids=frames[:, first : first + count] if count else None, cache=cache, use_cache=True,
+            ).last_hidden_state)  # fmt: skip
+        model.arm_audio_in(None)
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_prefill_is_refused_clearly() -> None:
+    model, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper=True)
+    prompt = build_prompt(builder, collator, "the reference", ref_codes, "new words", ref_wave)
+    with pytest.raises(ValueError, match="prefill_chunk_size=8: chunked prefill is not supported"):
+        generate_frames(model, prompt, max_frames=5, prefill_chunk_size=8)
+
+
 def test_generate_command_writes_a_wav(assets, tmp_path: Path) -> None:
     from tests.test_cli import _run, _train_args
 
@@ -84,6 +158,6 @@ def test_generate_command_writes_a_wav(assets, tmp_path: Path) -> None:
     out = tmp_path / "cloned.wav"
     proc = _run([sys.executable, "-m", "ds_train", "generate", "--checkpoint", str(tmp_path / "run"),
                  "--ref-audio", str(ref), "--ref-text", "Some words.", "--text", "Other words.", "--out", str(out),
-                 "--max-seconds", "1"])  # fmt: skip
+                 "--max-seconds", "1", "--temperature", "0.7", "--top-k", "50", "--seed", "3"])  # fmt: skip
     wave, rate = sf.read(str(out))
     assert rate == 24000 and 0 < wave.shape[0] <= 24000 * 1.5 and f"wrote {out}" in proc.stdout

@@ -43,6 +43,28 @@ def _builder(**opts) -> LayoutBuilder:
     return LayoutBuilder(build_tiny_tokenizer(), GEO, LayoutOptions(**opts))
 
 
+@pytest.mark.parametrize("steps", [1, 9])
+def test_each_codebook_labels_its_own_stream_eos_once(steps: int) -> None:
+    """The delay pattern leaves codebook k with C - k EOS ids at the end of a span; only the first (its own EOS, right
+    after its last code) is a label, as in the original Higgs Audio trainer. The fillers after it are unlabelled."""
+    ref, tgt = _codes(5, 1), _codes(steps, 2)
+    n_ref, num_codebooks = 5 + 2 + 3, GEO.num_codebooks
+    ex = _builder().build("s1", "reference words", ref, "target words", tgt, ref_wave_16k=torch.randn(16000))
+    frames, labels = ex.audio_frames[n_ref:], ex.audio_labels[n_ref:]
+    for k in range(num_codebooks):
+        assert (frames[:, k] == GEO.stream_eos).sum() == num_codebooks - k  # the input keeps every filler
+        assert (labels[:, k] == GEO.stream_eos).nonzero().flatten().tolist() == [k + steps + 1]
+        assert int((labels[:, k] != IGNORE_INDEX).sum()) == steps + 1
+    # The span's last frame is all EOS in the input; only the last codebook's own EOS is a label there.
+    assert (frames[-1] == GEO.stream_eos).all()
+    assert labels[-1].tolist() == [IGNORE_INDEX] * (num_codebooks - 1) + [GEO.stream_eos]
+    assert labels[steps + 1, 0] == GEO.stream_eos and (labels[steps + 1, 1:] != GEO.stream_eos).all()
+    no_eos = _builder(label_stream_eos=False).build("s1", "reference words", ref, "target words", tgt,
+                                                    ref_wave_16k=torch.randn(16000))  # fmt: skip
+    assert not (no_eos.audio_labels == GEO.stream_eos).any()
+    assert int((no_eos.audio_labels != IGNORE_INDEX).sum()) == num_codebooks * steps
+
+
 def test_labels_are_aligned_with_inputs_not_shifted() -> None:
     builder = _builder()
     ref, tgt = _codes(5, 1), _codes(9, 2)
@@ -50,13 +72,14 @@ def test_labels_are_aligned_with_inputs_not_shifted() -> None:
     ids = builder.ids
     placeholders = (ex.input_ids == ids.audio_out) | (ex.input_ids == ids.audio_delay)
     assert int(placeholders.sum()) == ex.audio_frames.shape[0] == (5 + 5) + (9 + 5)
-    # the label of a target frame is that very frame (the model's loss does the shift), BOS masked, EOS kept
+    # the label of a target frame is that very frame (the model's loss does the shift), BOS masked, each codebook's
+    # own EOS kept (see test_each_codebook_labels_its_own_stream_eos_once)
     tgt_frames = ex.audio_frames[10:]
     tgt_labels = ex.audio_labels[10:]
-    keep = tgt_frames != GEO.stream_bos
+    keep = tgt_labels != IGNORE_INDEX
     assert torch.equal(tgt_labels[keep], tgt_frames[keep])
-    assert (tgt_labels[~keep] == IGNORE_INDEX).all()
-    assert (tgt_labels == GEO.stream_eos).sum() == sum(range(1, 5))
+    assert (tgt_frames[~keep] >= GEO.stream_bos).all()  # only stream markers are unlabelled
+    assert int(keep.sum()) == 4 * (9 + 1)
     # the reference is context, never a target
     assert (ex.audio_labels[:10] == IGNORE_INDEX).all()
     # without the text head nothing textual is labelled
@@ -140,7 +163,7 @@ def test_layout_matches_transformers_higgs_audio_processor() -> None:
         theirs["audio_input_ids_mask"].all() and theirs["audio_input_ids_mask"].shape[1] == ours.audio_frames.shape[0]
     )
     # Labels: the processor labels every audio span and masks both stream markers; we label only the target and keep
-    # the stream EOS (the model must learn to stop). On the target span and away from EOS they agree.
+    # each codebook's own stream EOS (the model must learn to stop). On the target span and away from EOS they agree.
     n_ref = ref_codes.shape[1] + 2 + geo.num_codebooks - 1
     their_tgt, our_tgt = theirs["audio_labels"][0][n_ref:], ours.audio_labels[n_ref:]
     not_eos = our_tgt != geo.stream_eos
