@@ -7,7 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from ds_train.doctor import HEALTH_CHECK_NAMES, run_doctor
+from ds_train.doctor import run_doctor
+from ds_train.health import HealthCheck
 from tests.helpers import CONFIGS, make_config
 
 
@@ -28,15 +29,15 @@ def test_doctor_cli_passes_on_a_healthy_config(assets, tmp_path: Path) -> None:
     assert "PASS  eval data" in proc.stdout and "24 examples, 0 rejected rows" in proc.stdout
     assert re.search(r"PASS  evaluation\s.*eval loss \d+\.\d+, top-1 [\d.]+, 24 samples", proc.stdout)
     assert "features (4, 128, 3000)" in proc.stdout
-    for name in HEALTH_CHECK_NAMES.values():
-        assert f"PASS  {name}" in proc.stdout
+    for check in HealthCheck:
+        assert f"PASS  {check.doctor_label}" in proc.stdout
     assert "PASS  label alignment" in proc.stdout and "5. safe decoding" in proc.stdout
 
 
 def test_doctor_fails_on_a_frozen_model(assets, tmp_path: Path) -> None:
     freeze = "model.freeze=llm,audio_ffn,audio_embed_head,text_embed_head,whisper_encoder,projector"
     failed = _failed(run_doctor(make_config(assets, tmp_path, freeze)))
-    assert "every parameter is frozen" in failed[HEALTH_CHECK_NAMES["grad_norm"]]
+    assert "every parameter is frozen" in failed[HealthCheck.GRAD_NORM.doctor_label]
 
 
 def test_doctor_fails_on_a_warmup_that_starts_at_lr_zero(assets, tmp_path: Path) -> None:
@@ -48,8 +49,8 @@ def test_doctor_fails_on_a_warmup_that_starts_at_lr_zero(assets, tmp_path: Path)
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     cfg = make_config(assets, tmp_path, f"train.deepspeed_config={tmp_path / 'ds.json'}", "train.min_lr=0")
     failed = _failed(run_doctor(cfg))
-    assert "step-1 LR 0" in failed[HEALTH_CHECK_NAMES["lr_floor"]]
-    assert HEALTH_CHECK_NAMES["params_unchanged"] in failed
+    assert "step-1 LR 0" in failed[HealthCheck.LR_FLOOR.doctor_label]
+    assert HealthCheck.PARAMS_UNCHANGED.doctor_label in failed
 
 
 def test_doctor_fails_when_codec_and_model_disagree(assets, tmp_path: Path) -> None:

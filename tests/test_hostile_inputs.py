@@ -17,10 +17,11 @@ import soundfile as sf
 
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.importers import InputError, import_chatml, import_pairs, split_by_speaker
-from data_pipeline.layout import AudioGeometry, LayoutBuilder
+from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import MAX_LINE_BYTES, read_manifest
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE
 from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.types import AudioGeometry
 from tests.helpers import REPO
 
 
