@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from data_pipeline.collator import VoiceCloningCollator
+from data_pipeline.layout import LayoutBuilder, LayoutOptions
+from data_pipeline.types import AudioGeometry
+from ds_train.build import build_model
 from ds_train.config import RunConfig, load_run_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "ds_configs"
+GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)  # the tiny DAC's geometry
 
 
 @dataclass
@@ -32,3 +44,72 @@ def make_config(assets: Assets, out_dir: Path, *overrides: str, ds: str = "zero2
             *overrides,
         ],
     )
+
+
+REQUIRED_SCALARS = {"train/loss", "train/audio_loss", "train/grad_norm", "train/lr"}
+
+
+def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def command_env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # each command sets up its own process group
+    return env
+
+
+def run_command(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    return proc
+
+
+def train_args(assets, out_dir: Path) -> list[str]:
+    """`train` subcommand arguments for a short fp32 ZeRO-2 run on the test corpus."""
+    return [
+        "train", "--config", str(CONFIGS / "demo.yaml"), f"data.manifest={assets.manifest}",
+        f"data.codec_path={assets.codec_file}", f"train.output_dir={out_dir}", "data.micro_batch_size=4",
+        f"train.deepspeed_config={CONFIGS / 'zero2_fp32.json'}",
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_model_and_batch(whisper: bool = True, trainable: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = RunConfig()
+    cfg.whisper.enabled = whisper
+    cfg.whisper.trainable = trainable
+    from data_pipeline.text_tokens import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    builder = LayoutBuilder(tok, GEO, LayoutOptions(whisper=whisper))
+    g = torch.Generator().manual_seed(seed)
+    exs = [
+        builder.build(
+            f"s{i}",
+            "the reference",
+            torch.randint(0, 256, (4, 6 + i), generator=g),
+            "a target sentence",
+            torch.randint(0, 256, (4, 10 - i), generator=g),
+            ref_wave_16k=torch.randn(8000 + 4000 * i, generator=g),
+        )
+        for i in range(4)
+    ]
+    batch = VoiceCloningCollator(builder.ids.pad, GEO, whisper=whisper)(exs)
+    return build_model(cfg, tok, GEO), batch, builder
+
+
+def inject(trainer, change: Callable[[int, dict], dict]) -> None:
+    """Route every collated batch through `change(index, batch)` before the engine sees it."""
+    trainer.batches.add_tap(change)

@@ -13,11 +13,11 @@ import torch
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.delay_pattern import add_stream_markers_and_delay
 from ds_train.generate import build_prompt, frames_to_codes, generate_frames
-from tests.test_model import GEO, _setup
+from tests.helpers import GEO, tiny_model_and_batch
 
 
 def _prompt_parts(whisper: bool):
-    model, _, builder = _setup(whisper=whisper)
+    model, _, builder = tiny_model_and_batch(whisper=whisper)
     collator = VoiceCloningCollator(builder.ids.pad, GEO, whisper=whisper)
     g = torch.Generator().manual_seed(5)
     ref_codes, ref_wave = torch.randint(0, 256, (4, 9), generator=g), torch.randn(12000, generator=g)
@@ -151,12 +151,12 @@ def test_chunked_prefill_is_refused_clearly() -> None:
 
 
 def test_generate_command_writes_a_wav(assets, tmp_path: Path) -> None:
-    from tests.test_cli import _run, _train_args
+    from tests.test_cli import run_command, train_args
 
-    _run([sys.executable, "-m", "ds_train", *_train_args(assets, tmp_path / "run"), "train.max_steps=2"])
+    run_command([sys.executable, "-m", "ds_train", *train_args(assets, tmp_path / "run"), "train.max_steps=2"])
     ref = sorted((assets.manifest.parent / "wavs").glob("*.wav"))[0]
     out = tmp_path / "cloned.wav"
-    proc = _run([sys.executable, "-m", "ds_train", "generate", "--checkpoint", str(tmp_path / "run"),
+    proc = run_command([sys.executable, "-m", "ds_train", "generate", "--checkpoint", str(tmp_path / "run"),
                  "--ref-audio", str(ref), "--ref-text", "Some words.", "--text", "Other words.", "--out", str(out),
                  "--max-seconds", "1", "--temperature", "0.7", "--top-k", "50", "--seed", "3"])  # fmt: skip
     wave, rate = sf.read(str(out))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,7 @@ from ds_train.health import HealthError
 from ds_train.parts import PART_NAMES
 from ds_train.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
 from ds_train.trainer import Trainer
-from tests.helpers import CONFIGS, make_config
-from tests.test_training import read_scalars
-
-
-def _inject(trainer: Trainer, change: Callable[[int, dict], dict]) -> None:
-    """Route every collated batch through `change(index, batch)` before the engine sees it."""
-    trainer.batches.add_tap(change)
+from tests.helpers import CONFIGS, inject, make_config, read_scalars
 
 
 def _trainer(assets, tmp_path: Path, *overrides: str, ds: str = "zero2_fp32.json") -> Trainer:
@@ -32,7 +25,7 @@ def _trainer(assets, tmp_path: Path, *overrides: str, ds: str = "zero2_fp32.json
 
 def test_zeroed_whisper_features_halt_naming_the_check_and_samples(assets, tmp_path: Path) -> None:
     trainer = _trainer(assets, tmp_path, "train.max_steps=5")
-    _inject(trainer, lambda i, b: {**b, "whisper_input_features": torch.zeros_like(b["whisper_input_features"])})
+    inject(trainer, lambda i, b: {**b, "whisper_input_features": torch.zeros_like(b["whisper_input_features"])})
     trainer.train_step()  # first failing step: a warning
     assert trainer.monitor.failures["whisper_features"] == 1
     with pytest.raises(HealthError, match=r"whisper_features.*all zeros.*samples: spk"):
@@ -41,7 +34,7 @@ def test_zeroed_whisper_features_halt_naming_the_check_and_samples(assets, tmp_p
 
 def test_missing_codec_codes_are_reported(assets, tmp_path: Path) -> None:
     trainer = _trainer(assets, tmp_path, "train.max_steps=5", "monitor.on_grad_norm=warn")
-    _inject(trainer, lambda i, b: {**b, "audio_labels": torch.full_like(b["audio_labels"], IGNORE_INDEX)})
+    inject(trainer, lambda i, b: {**b, "audio_labels": torch.full_like(b["audio_labels"], IGNORE_INDEX)})
     trainer.train_step()
     with pytest.raises(HealthError, match=r"codec_codes.*0 labelled audio tokens"):
         trainer.train_step()
@@ -99,7 +92,7 @@ def test_nan_loss_skips_the_micro_batch_and_counts_it(assets, tmp_path: Path) ->
             return {**batch, "whisper_input_features": torch.full_like(batch["whisper_input_features"], float("nan"))}
         return batch
 
-    _inject(trainer, poison)
+    inject(trainer, poison)
     values = [trainer.train_step().values for _ in range(3)]
     assert trainer.step == 3 and trainer.monitor.skipped_micro_batches == 1
     assert trainer.monitor.failures["nonfinite_loss"] == 1
@@ -110,7 +103,7 @@ def test_nan_loss_skips_the_micro_batch_and_counts_it(assets, tmp_path: Path) ->
 
 def test_repeated_nan_losses_halt(assets, tmp_path: Path) -> None:
     trainer = _trainer(assets, tmp_path, "train.max_steps=3")
-    _inject(trainer, lambda i, b: {**b, "whisper_input_features": b["whisper_input_features"] * float("nan")})
+    inject(trainer, lambda i, b: {**b, "whisper_input_features": b["whisper_input_features"] * float("nan")})
     with pytest.raises(HealthError, match="non-finite loss"):
         trainer.train_step()
 

@@ -6,38 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
 from data_pipeline.types import IGNORE_INDEX, AudioGeometry
-from ds_train.build import build_model
-from ds_train.config import RunConfig
+from tests.helpers import tiny_model_and_batch
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
 
 
-def _setup(whisper: bool = True, trainable: bool = True, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = RunConfig()
-    cfg.whisper.enabled = whisper
-    cfg.whisper.trainable = trainable
-    from data_pipeline.text_tokens import build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    builder = LayoutBuilder(tok, GEO, LayoutOptions(whisper=whisper))
-    g = torch.Generator().manual_seed(seed)
-    exs = [
-        builder.build(
-            f"s{i}",
-            "the reference",
-            torch.randint(0, 256, (4, 6 + i), generator=g),
-            "a target sentence",
-            torch.randint(0, 256, (4, 10 - i), generator=g),
-            ref_wave_16k=torch.randn(8000 + 4000 * i, generator=g),
-        )
-        for i in range(4)
-    ]
-    batch = VoiceCloningCollator(builder.ids.pad, GEO, whisper=whisper)(exs)
-    return build_model(cfg, tok, GEO), batch, builder
 
 
 def _manual_audio_loss(model, batch, shift: int) -> torch.Tensor:
@@ -64,7 +38,7 @@ def _manual_audio_loss(model, batch, shift: int) -> torch.Tensor:
 
 
 def test_label_alignment_position_t_predicts_token_t_plus_1() -> None:
-    model, batch, _ = _setup(whisper=False)
+    model, batch, _ = tiny_model_and_batch(whisper=False)
     with torch.no_grad():
         ours = model(**batch).audio_loss
     # transformers' own loss (it shifts internally) agrees with ours...
@@ -83,7 +57,7 @@ def test_label_alignment_position_t_predicts_token_t_plus_1() -> None:
 
 
 def test_whisper_outputs_land_at_audio_positions() -> None:
-    model, batch, builder = _setup(whisper=True)
+    model, batch, builder = tiny_model_and_batch(whisper=True)
     seen = {}
     model.llm.model.embed_tokens.register_forward_hook(lambda m, a, out: seen.setdefault("embeds", out.detach()))
     with torch.no_grad():
@@ -101,7 +75,7 @@ def test_whisper_outputs_land_at_audio_positions() -> None:
 
 @pytest.mark.parametrize("trainable", [True, False])
 def test_whisper_tower_gradients(trainable: bool) -> None:
-    model, batch, _ = _setup(whisper=True, trainable=trainable)
+    model, batch, _ = tiny_model_and_batch(whisper=True, trainable=trainable)
     model(**batch).loss.backward()
     conv_grad = model.whisper.encoder.conv1.weight.grad
     if trainable:
@@ -112,7 +86,7 @@ def test_whisper_tower_gradients(trainable: bool) -> None:
 
 
 def test_mismatched_whisper_features_raise() -> None:
-    model, batch, _ = _setup(whisper=True)
+    model, batch, _ = tiny_model_and_batch(whisper=True)
     batch["whisper_token_counts"] = batch["whisper_token_counts"] + 1
     with pytest.raises(ValueError, match="<\\|AUDIO\\|>"):
         model(**batch)
@@ -122,7 +96,7 @@ def test_mismatched_whisper_features_raise() -> None:
 
 
 def test_tiny_model_learns_a_fixed_batch() -> None:
-    model, batch, _ = _setup(whisper=True)
+    model, batch, _ = tiny_model_and_batch(whisper=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses: list[float] = []
     while len(losses) < 200 and (not losses or losses[-1] >= 0.1 * losses[0]):

@@ -30,8 +30,7 @@ from data_pipeline.validation import Limits
 from ds_train.config import ConfigError
 from ds_train.data import build_run_data, resolve_codec
 from ds_train.trainer import Trainer
-from tests.helpers import make_config
-from tests.test_cli import _env, _free_port
+from tests.helpers import command_env, free_port, make_config
 
 SR = 22050
 
@@ -114,10 +113,10 @@ def test_rerun_resumes_and_reproduces_the_dataset(manifest_with_bad_rows, assets
 def test_two_ranks_with_torchrun_make_the_same_dataset(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
     _prepare(manifest_with_bad_rows, assets, tmp_path / "one")
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "data_pipeline.prepare",
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "data_pipeline.prepare",
            "--manifest", str(manifest_with_bad_rows), "--codec", "dac", "--codec-path", str(assets.codec_file),
            "--out", str(tmp_path / "two"), "--rows-per-shard", "10"]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "prepared 24 examples" in proc.stdout and "13 rows rejected" in proc.stdout
     one, two = pq.read_table(tmp_path / "one" / INDEX_FILE), pq.read_table(tmp_path / "two" / INDEX_FILE)

@@ -14,8 +14,7 @@ from ds_train.checkpoint import BEST_FILE, locate, pointed_tag
 from ds_train.config import ConfigError, load_run_config
 from ds_train.evaluation import Evaluator, eval_batches, rank_share
 from ds_train.trainer import Trainer, train
-from tests.helpers import make_config
-from tests.test_training import read_scalars
+from tests.helpers import make_config, read_scalars
 
 LENGTHS = [37, 5, 90, 12, 12, 60, 33, 71, 8, 45, 29, 100, 64]
 

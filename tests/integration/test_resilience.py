@@ -15,11 +15,18 @@ from data_pipeline.samplers import DataPosition
 from ds_train.build import build_model
 from ds_train.config import ConfigError, RunConfig
 from ds_train.trainer import Trainer, train
-from tests.helpers import CONFIGS, make_config
-from tests.test_cli import _env, _free_port, _run, _train_args
-from tests.test_model import GEO, _setup
-from tests.test_monitor import _inject
-from tests.test_training import read_scalars
+from tests.helpers import (
+    CONFIGS,
+    GEO,
+    command_env,
+    free_port,
+    inject,
+    make_config,
+    read_scalars,
+    run_command,
+    tiny_model_and_batch,
+    train_args,
+)
 
 
 def test_keep_last_prunes_old_checkpoints_and_latest_is_complete(assets, tmp_path: Path) -> None:
@@ -38,7 +45,7 @@ def test_sigterm_saves_and_stops_cleanly(assets, tmp_path: Path) -> None:
             signal.raise_signal(signal.SIGTERM)  # arrives in the middle of step 3
         return batch
 
-    _inject(trainer, send_sigterm)
+    inject(trainer, send_sigterm)
     result = trainer.fit()
     assert result.stopped_by == "SIGTERM" and result.final_step == 3
     assert (tmp_path / "checkpoints" / "latest").read_text() == "global_step3"
@@ -60,17 +67,17 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
         cmd = [
             *launcher[:3],
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             *launcher[3:],
-            *_train_args(assets, out),
+            *train_args(assets, out),
             *common,
             *extra,
         ]
         if check:
-            return _run(cmd)
+            return run_command(cmd)
         import subprocess
 
-        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+        return subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=600)
 
     launch(tmp_path / "full")
     killed = launch(tmp_path / "killed", "train.debug_kill_after_step=3", check=False)
@@ -88,9 +95,10 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
 
     # ...and the conversion it names works: 1 rank resumes from the universal checkpoint and keeps training.
     ckpts = tmp_path / "killed" / "checkpoints"
-    _run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpts / "global_step6"),
-          "--output_folder", str(ckpts / "global_step6_universal"), "--num_extract_workers", "1",
-          "--num_merge_workers", "1"])  # fmt: skip
+    convert = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal"]
+    run_command([*convert, "--input_folder", str(ckpts / "global_step6"),
+                 "--output_folder", str(ckpts / "global_step6_universal"),
+                 "--num_extract_workers", "1", "--num_merge_workers", "1"])  # fmt: skip
     (ckpts / "latest").write_text("global_step6_universal")
     ds = json.loads((CONFIGS / "zero2_fp32.json").read_text())
     ds["checkpoint"] = {"load_universal": True}
@@ -111,9 +119,9 @@ def test_torchrun_two_ranks_with_uneven_data(assets, tmp_path: Path) -> None:
     """24 examples in micro-batches of 5 over 2 ranks do not divide evenly; every rank still stops at step 3, and the
     evaluation (5 micro-batches over 2 ranks) counts each of the 24 eval examples once without hanging."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = _run([
-        torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "ds_train",
-        *_train_args(assets, tmp_path), "data.micro_batch_size=5", "train.max_steps=3", "data.num_workers=0",
+    proc = run_command([
+        torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "ds_train",
+        *train_args(assets, tmp_path), "data.micro_batch_size=5", "train.max_steps=3", "data.num_workers=0",
         f"data.eval_manifest={assets.manifest}", "train.eval_every=2",
     ])  # fmt: skip
     assert "on 2 rank(s)" in proc.stderr
@@ -136,7 +144,7 @@ def _saved_activation_bytes(model, batch) -> int:
 
 
 def test_activation_checkpointing_reduces_saved_activations() -> None:
-    model, batch, _ = _setup(whisper=True)
+    model, batch, _ = tiny_model_and_batch(whisper=True)
     plain = _saved_activation_bytes(model, batch)
     cfg = RunConfig()
     cfg.train.activation_checkpointing = True

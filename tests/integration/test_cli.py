@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import CONFIGS, REPO
-from tests.test_training import REQUIRED_SCALARS, read_scalars
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)  # each command sets up its own process group
-    return env
-
-
-def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (
-        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
-    return proc
+from tests.helpers import CONFIGS, REPO, REQUIRED_SCALARS, command_env, free_port, read_scalars, run_command, train_args
 
 
 def test_demo_short_mode(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = _run([sys.executable, "-m", "ds_train", "demo", "--steps", "12", "--output-dir", str(out)])
+    proc = run_command([sys.executable, "-m", "ds_train", "demo", "--steps", "12", "--output-dir", str(out)])
     tb = out / "run" / "tensorboard"
     assert f"tensorboard --logdir {tb}" in proc.stdout
     console = [line for line in proc.stderr.splitlines() if "/12 | loss " in line]
@@ -51,36 +33,25 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     assert all(v > 0 for v in scalars["train/lr"].values())
 
 
-def _train_args(assets, out_dir: Path) -> list[str]:
-    """`train` subcommand arguments for a short fp32 ZeRO-2 run on the test corpus."""
-    return [
-        "train", "--config", str(CONFIGS / "demo.yaml"), f"data.manifest={assets.manifest}",
-        f"data.codec_path={assets.codec_file}", f"train.output_dir={out_dir}", "data.micro_batch_size=4",
-        f"train.deepspeed_config={CONFIGS / 'zero2_fp32.json'}",
-    ]  # fmt: skip
 
 
 def test_train_and_resume_cli(assets, tmp_path: Path) -> None:
-    base = [sys.executable, "-m", "ds_train", *_train_args(assets, tmp_path), "train.save_every=2"]
-    _run([*base, "train.max_steps=2", "--auto-resume"])  # nothing to resume yet: starts fresh
-    proc = _run([*base, "train.max_steps=4", "--resume"])
+    base = [sys.executable, "-m", "ds_train", *train_args(assets, tmp_path), "train.save_every=2"]
+    run_command([*base, "train.max_steps=2", "--auto-resume"])  # nothing to resume yet: starts fresh
+    proc = run_command([*base, "train.max_steps=4", "--resume"])
     assert "resumed from" in proc.stderr and "step 2 -> 4" in proc.stderr
     assert sorted(read_scalars(tmp_path / "tensorboard")["train/loss"]) == [1, 2, 3, 4]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "global_step4"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_deepspeed_launcher_two_ranks(assets, tmp_path: Path) -> None:
     launcher = Path(sys.executable).parent / "deepspeed"
-    port = str(_free_port())
-    proc = _run(
+    port = str(free_port())
+    proc = run_command(
         [str(launcher), "--num_gpus", "2", "--master_port", port, "--module", "ds_train",
-         *_train_args(assets, tmp_path), "train.max_steps=3", "data.num_workers=0"]
+         *train_args(assets, tmp_path), "train.max_steps=3", "data.num_workers=0"]
     )  # fmt: skip
     log = proc.stdout + proc.stderr
     assert "on 2 rank(s)" in log
@@ -96,8 +67,9 @@ def test_multi_node_script_with_a_localhost_hostfile(assets, tmp_path: Path) -> 
     """launch/train_multi_node.sh with one host of 2 slots, started without ssh (as on each node by hand)."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
-    env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), DS_LAUNCH_EXTRA="--no_ssh --node_rank 0")
-    args = _train_args(assets, tmp_path / "run")[3:]  # drop "train --config X": the script adds them
+    env = dict(command_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               DS_LAUNCH_EXTRA="--no_ssh --node_rank 0")  # fmt: skip
+    args = train_args(assets, tmp_path / "run")[3:]  # drop "train --config X": the script adds them
     cmd = ["bash", str(REPO / "launch" / "train_multi_node.sh"), str(hostfile), str(CONFIGS / "demo.yaml"), *args,
            "train.max_steps=2", "data.num_workers=0"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -111,7 +83,7 @@ def test_multi_node_script_with_a_localhost_hostfile(assets, tmp_path: Path) -> 
 
 def _fail(cmd: list[str], code: int, env: dict[str, str] | None = None, timeout: int = 600) -> str:
     """Run a command that must stop with an expected error: exit `code`, no traceback; -> its stderr."""
-    proc = subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env or command_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == code, (
         f"{' '.join(cmd)} -> {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     )
@@ -128,12 +100,12 @@ def test_config_error_is_one_line_with_its_exit_code_and_traceback_on_request(tm
     stderr = _fail(cmd, 3)
     assert stderr.strip().splitlines()[-1] == f"error: run config {tmp_path / 'none.yaml'} does not exist"
     assert len(_error_lines(stderr)) == 1
-    for extra, env in ((["--traceback"], _env()), ([], dict(_env(), DS_TRAIN_TRACEBACK="1"))):
+    for extra, env in ((["--traceback"], command_env()), ([], dict(command_env(), DS_TRAIN_TRACEBACK="1"))):
         proc = subprocess.run([*cmd, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 3 and "Traceback (most recent call last)" in proc.stderr
         assert "ds_train.config.ConfigError: run config" in proc.stderr
     # once per node: a rank other than local rank 0 exits with the same code and prints nothing
-    quiet = _fail(cmd, 3, env=dict(_env(), RANK="1", LOCAL_RANK="1"))
+    quiet = _fail(cmd, 3, env=dict(command_env(), RANK="1", LOCAL_RANK="1"))
     assert not _error_lines(quiet)
 
 
@@ -156,7 +128,7 @@ def test_missing_checkpoint_and_missing_manifest_exit_4(tmp_path: Path) -> None:
 
 def test_bad_model_path_and_prepared_set_are_named(assets, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    base = [sys.executable, "-m", "ds_train", *_train_args(assets, tmp_path / "run"), "data.num_workers=0"]
+    base = [sys.executable, "-m", "ds_train", *train_args(assets, tmp_path / "run"), "data.num_workers=0"]
     (line,) = _error_lines(_fail([*base, f"model.path={tmp_path / 'empty'}"], 3))
     assert f"model.path {tmp_path / 'empty'} is not a transformers model folder: no config.json and no tokenizer " \
         "files (one of tokenizer.json, tokenizer.model, vocab.json)" in line  # fmt: skip
@@ -171,7 +143,7 @@ def test_world_size_mismatch_and_health_halt_have_their_own_codes(assets, tmp_pa
     tag.mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("global_step2")
     (tag / "ds_train_meta.json").write_text(json.dumps({"world_size": 2}))
-    base = [sys.executable, "-m", "ds_train", *_train_args(assets, run), "data.num_workers=0"]
+    base = [sys.executable, "-m", "ds_train", *train_args(assets, run), "data.num_workers=0"]
     stderr = _fail([*base, "--resume"], 7)
     assert _error_lines(stderr)[0].startswith(f"error: checkpoint {tag} was written by 2 data-parallel rank(s)")
     halt = [*base[:-1], f"train.output_dir={tmp_path / 'halt'}", "data.num_workers=0", "train.max_steps=3",

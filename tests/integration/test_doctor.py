@@ -17,9 +17,9 @@ def _failed(checks) -> dict[str, str]:
 
 
 def test_doctor_cli_passes_on_a_healthy_config(assets, tmp_path: Path) -> None:
-    from tests.test_cli import _run
+    from tests.test_cli import run_command
 
-    proc = _run([
+    proc = run_command([
         sys.executable, "-m", "ds_train", "doctor", "--config", str(CONFIGS / "demo.yaml"),
         f"data.manifest={assets.manifest}", f"data.codec_path={assets.codec_file}", "data.micro_batch_size=4",
         "whisper.features_on=device",  # what a GPU run does: features computed after the batch is moved

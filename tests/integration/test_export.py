@@ -92,9 +92,10 @@ def test_export_reproduces_the_checkpoint(assets, tmp_path: Path, stage: int, va
 
 def test_export_cli(assets, tmp_path: Path) -> None:
     from ds_train.trainer import train
-    from tests.test_cli import _run
+    from tests.test_cli import run_command
 
     train(make_config(assets, tmp_path / "run", "train.max_steps=1"))
-    proc = _run([sys.executable, "-m", "ds_train", "export", "--checkpoint", str(tmp_path / "run" / "checkpoints"),
-                 "--out", str(tmp_path / "exported")])  # fmt: skip
+    ckpts = str(tmp_path / "run" / "checkpoints")
+    proc = run_command([sys.executable, "-m", "ds_train", "export", "--checkpoint", ckpts,
+                        "--out", str(tmp_path / "exported")])  # fmt: skip
     assert "exported to" in proc.stdout and (tmp_path / "exported" / "config.json").is_file()

@@ -8,20 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ds_train.build import build_model
 from ds_train.flops import llm_flops_per_token
 from ds_train.trainer import Trainer, train
-from tests.helpers import make_config
-
-REQUIRED_SCALARS = {"train/loss", "train/audio_loss", "train/grad_norm", "train/lr"}
-
-
-def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
-    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+from tests.helpers import REQUIRED_SCALARS, make_config, read_scalars
 
 
 @pytest.mark.parametrize("ds", ["zero2_fp32.json", "zero2_bf16.json"])

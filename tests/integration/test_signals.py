@@ -18,9 +18,7 @@ import psutil
 import pytest
 
 from data_pipeline.prepare import PrepareConfig, prepare
-from tests.helpers import CONFIGS, REPO
-from tests.test_cli import _env, _free_port
-from tests.test_training import read_scalars
+from tests.helpers import CONFIGS, REPO, command_env, free_port, read_scalars
 
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 REFERENCE_STEPS = 8
@@ -56,7 +54,7 @@ def _single_node_script(*args: str) -> list[str]:
 
 def _run_env(port: int) -> dict[str, str]:
     # the launch scripts use the venv running the tests instead of creating one
-    return dict(_env(), MASTER_PORT=str(port), VENV=str(Path(sys.executable).parent.parent))
+    return dict(command_env(), MASTER_PORT=str(port), VENV=str(Path(sys.executable).parent.parent))
 
 
 def _session(sid: int) -> list[psutil.Process]:
@@ -93,7 +91,7 @@ def reference(assets, prepared, tmp_path_factory):
     def get(max_tokens: int) -> dict[int, float]:
         if max_tokens not in losses:
             out = tmp_path_factory.mktemp(f"signals_reference_{max_tokens}")
-            port = _free_port()
+            port = free_port()
             args = _train_args(assets, prepared, out, f"train.max_steps={REFERENCE_STEPS}",
                                f"data.max_tokens={max_tokens}", "data.num_workers=0")  # fmt: skip
             _complete(_deepspeed(port, *args), port, out / "log.txt")
@@ -138,7 +136,7 @@ def test_stop_signal_saves_every_rank_and_resume_is_exact(target: str, assets, p
     out, log = tmp_path / "run", tmp_path / "stopped.log"
     args = _train_args(assets, prepared, out, "train.max_steps=100000", f"data.num_workers={workers}",
                        f"data.max_tokens={max_tokens}")  # fmt: skip
-    port = _free_port()
+    port = free_port()
     cmd = _single_node_script(*args) if target != "launcher" else _deepspeed(port, *args)
     with log.open("w") as sink:
         run = subprocess.Popen(cmd, cwd=REPO, env=_run_env(port), stdout=sink, stderr=subprocess.STDOUT,
@@ -165,7 +163,7 @@ def test_stop_signal_saves_every_rank_and_resume_is_exact(target: str, assets, p
     assert len(list((ckpts / f"global_step{step}").glob("*optim_states.pt"))) == 2  # one ZeRO-2 shard per rank
     assert step < REFERENCE_STEPS, f"stopped at step {step}: too late to compare with the reference run"
 
-    port = _free_port()
+    port = free_port()
     resume_args = [*args, f"train.max_steps={REFERENCE_STEPS}", "--resume"]
     _complete(_deepspeed(port, *resume_args), port, tmp_path / "resumed.log")
     resumed = read_scalars(out / "tensorboard")["train/loss"]
@@ -191,7 +189,7 @@ def test_dataloader_worker_ignores_outside_stop_signals_but_not_its_parents(tmp_
         "_, status = os.waitpid(pid, 0)\n"
         "print(os.waitstatus_to_exitcode(status), flush=True)\n"
     )
-    env = dict(_env(), PYTHONPATH=str(REPO))
+    env = dict(command_env(), PYTHONPATH=str(REPO))
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
