@@ -69,7 +69,8 @@ class ModelSection(_Section):
     lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of the LLM weights; merged on export
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention, text and audio FFN
+    # the one place the LoRA defaults live: attention, text FFN and audio FFN projections
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
     def check(self, section: str) -> None:
         if self.lora_rank < 0:

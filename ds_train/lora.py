@@ -6,8 +6,6 @@ import torch.nn as nn
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
-DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # attention, text FFN and audio FFN
-
 
 def add_lora(llm: nn.Module, rank: int, alpha: float, dropout: float, targets: str) -> nn.Module:
     """Inject LoRA adapters into the named linear layers; only the adapters stay trainable in `llm`."""
