@@ -17,7 +17,7 @@ def _failed(checks) -> dict[str, str]:
 
 
 def test_doctor_cli_passes_on_a_healthy_config(assets, tmp_path: Path) -> None:
-    from tests.test_cli import run_command
+    from tests.helpers import run_command
 
     proc = run_command([
         sys.executable, "-m", "ds_train", "doctor", "--config", str(CONFIGS / "demo.yaml"),

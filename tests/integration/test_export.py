@@ -92,7 +92,7 @@ def test_export_reproduces_the_checkpoint(assets, tmp_path: Path, stage: int, va
 
 def test_export_cli(assets, tmp_path: Path) -> None:
     from ds_train.trainer import train
-    from tests.test_cli import run_command
+    from tests.helpers import run_command
 
     train(make_config(assets, tmp_path / "run", "train.max_steps=1"))
     ckpts = str(tmp_path / "run" / "checkpoints")

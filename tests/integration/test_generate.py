@@ -151,7 +151,7 @@ def test_chunked_prefill_is_refused_clearly() -> None:
 
 
 def test_generate_command_writes_a_wav(assets, tmp_path: Path) -> None:
-    from tests.test_cli import run_command, train_args
+    from tests.helpers import run_command, train_args
 
     run_command([sys.executable, "-m", "ds_train", *train_args(assets, tmp_path / "run"), "train.max_steps=2"])
     ref = sorted((assets.manifest.parent / "wavs").glob("*.wav"))[0]
