@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from data_pipeline.types import IGNORE_INDEX, AudioGeometry, BadSample, VoiceCloningExample
-from data_pipeline.whisper_features import EmptyWhisperFeaturesError, WhisperLogMel
+from data_pipeline.whisper_features import EmptyWhisperFeaturesError, WhisperLogMel, empty_features
 
-__all__ = ["EmptyWhisperFeaturesError", "VoiceCloningCollator"]
+__all__ = ["EmptyWhisperFeaturesError", "VoiceCloningCollator", "select_rows"]
 
 
 @dataclass
@@ -80,22 +80,19 @@ class VoiceCloningCollator:
         return batch
 
     def _whisper_features(self, examples: list[VoiceCloningExample]) -> dict:
+        """A row without reference chunks gets none (it is not refused here, in a DataLoader worker where raising
+        would end the run): the trainer's batch checks drop it and report it by sample id."""
         chunks: list[torch.Tensor] = []
         counts: list[int] = []
         rows: list[int] = []
         for row, ex in enumerate(examples):
-            if not ex.whisper_chunks:
-                raise EmptyWhisperFeaturesError(
-                    f"sample {ex.sample_id!r} has no reference waveform although Whisper conditioning is on"
-                )
-            for chunk, count in zip(ex.whisper_chunks, ex.whisper_tokens, strict=True):
-                if chunk.numel() == 0:
-                    raise EmptyWhisperFeaturesError(f"sample {ex.sample_id!r} has an empty reference chunk")
+            # zip, not strict: a malformed row keeps the chunks it has; the checks see it fill too few positions
+            for chunk, count in zip(ex.whisper_chunks, ex.whisper_tokens):  # noqa: B905
                 chunks.append(chunk.float())
                 counts.append(count)
                 rows.append(row)
         lengths = torch.tensor([c.numel() for c in chunks], dtype=torch.long)
-        waves = torch.zeros(len(chunks), int(lengths.max()))
+        waves = torch.zeros(len(chunks), int(lengths.max()) if chunks else 0)
         for i, chunk in enumerate(chunks):
             waves[i, : chunk.numel()] = chunk
         out = {
@@ -104,5 +101,31 @@ class VoiceCloningCollator:
         }
         if self.log_mel is None:
             return {**out, "whisper_waveforms": waves, "whisper_lengths": lengths}
-        features, mask = self.log_mel(waves, lengths)
+        features, mask = self.log_mel(waves, lengths) if chunks else empty_features()
         return {**out, "whisper_input_features": features, "whisper_attention_mask": mask}
+
+
+ROW_KEYS = ("input_ids", "attention_mask", "labels", "audio_input_ids", "audio_input_ids_mask", "audio_labels")
+CHUNK_KEYS = (
+    "whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths", "whisper_token_counts",
+)  # fmt: skip
+
+
+def select_rows(batch: dict, keep: list[int]) -> dict:
+    """The collated batch restricted to the rows `keep` (in order), their Whisper chunks with them; other keys are
+    kept as they are. Every chunk tensor must have one entry per `whisper_chunk_sample` entry."""
+    out = dict(batch)
+    index = torch.tensor(keep, dtype=torch.long)
+    for key in ROW_KEYS:
+        if key in batch:
+            out[key] = batch[key][index]
+    out["sample_ids"] = [batch["sample_ids"][i] for i in keep]
+    if "whisper_chunk_sample" in batch:
+        owner = batch["whisper_chunk_sample"]
+        chunks = torch.isin(owner, index).nonzero().flatten()
+        new_row = {old: new for new, old in enumerate(keep)}
+        out["whisper_chunk_sample"] = torch.tensor([new_row[int(owner[i])] for i in chunks], dtype=torch.long)
+        for key in CHUNK_KEYS:
+            if key in batch:
+                out[key] = batch[key][chunks]
+    return out

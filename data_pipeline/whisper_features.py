@@ -60,10 +60,17 @@ class WhisperLogMel:
         return features, mask
 
 
+def empty_features(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [0, 128, 3000] and mask [0, 3000] of a batch without reference chunks (for the checks to report)."""
+    features = torch.zeros(0, WHISPER_MEL_BINS, FRAMES, device=device)
+    return features, torch.zeros(0, FRAMES, dtype=torch.long, device=device)
+
+
 def attach_features(batch: dict, log_mel: WhisperLogMel) -> dict:
     """Replace a batch's whisper_waveforms / whisper_lengths (collated with `whisper_on_device`) by
     whisper_input_features [N, 128, 3000] / whisper_attention_mask [N, 3000], computed where the waveforms are."""
     if "whisper_waveforms" in batch:
-        features, mask = log_mel(batch.pop("whisper_waveforms"), batch.pop("whisper_lengths"))
+        waves, lengths = batch.pop("whisper_waveforms"), batch.pop("whisper_lengths")
+        features, mask = log_mel(waves, lengths) if waves.shape[0] else empty_features(waves.device)
         batch["whisper_input_features"], batch["whisper_attention_mask"] = features, mask
     return batch

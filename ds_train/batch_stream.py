@@ -3,7 +3,8 @@
 `BatchStream` owns the sampler and the DataLoader: it skips rows that failed to load (logging and counting them, and
 stopping past `data.max_bad_fraction`), measures how long the loop waited for data, and saves/restores the data
 position as a checkpoint component. `add_tap` is the public seam through which tests (and users) see or change each
-collated batch before it reaches the device.
+collated batch before it reaches the device; `screen` (the health monitor's batch checks) runs after the taps and may
+drop samples, or the whole micro-batch.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ class TooManyBadRows(RuntimeError):
 class BatchStream:
     def __init__(
         self, sampler: PositionalBatchSampler, make_loader: Callable[[PositionalBatchSampler], DataLoader],
-        max_bad_fraction: float,
+        max_bad_fraction: float, screen: Callable[[dict], dict] | None = None,
     ) -> None:  # fmt: skip
         self.sampler = sampler
         self._make_loader = make_loader
         self.max_bad_fraction = max_bad_fraction
+        self.screen = screen
         self.fetched = 0  # micro-batches taken from the loader (the data position)
         self.rows_seen = 0  # rows fetched, and how many of them failed to load
         self.bad_samples = 0
@@ -61,6 +63,10 @@ class BatchStream:
                 batch = tap(batch)
             bad = batch.pop("bad_samples", [])
             self._count_rows(bad, len(batch.get("sample_ids", ())))
+            if batch.get("empty"):
+                continue
+            if self.screen is not None:
+                batch = self.screen(batch)
             if not batch.get("empty"):
                 return batch
 

@@ -146,6 +146,11 @@ class TrainSection(_Section):
             )
         if self.lr <= 0:
             raise ConfigError(f"{section}.lr must be > 0, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ConfigError(
+                f"{section}.min_lr={self.min_lr:g} is above {section}.lr={self.lr:g}: the floor would replace the "
+                "whole schedule; lower train.min_lr"
+            )
 
 
 @dataclass
@@ -154,12 +159,22 @@ class MonitorSection(_Section):
 
     halt_after: int = 3
     # One policy per `HealthCheck` (ds_train/health.py), named on_<check>.
-    on_whisper_features: Policy = "halt"  # Whisper on, but features empty/all zeros or no <|AUDIO|> position got them
-    on_codec_codes: Policy = "halt"  # no codes at audio placeholders, or no labelled audio tokens
+    # Checks on each collated micro-batch, before the model sees it; failing samples are dropped either way.
+    on_whisper_features: Policy = "halt"  # Whisper on: a sample's reference features missing or silent, or unplaced
+    on_reference_codes: Policy = "halt"  # a sample's prompt carries no reference codec codes before its target
+    on_codec_codes: Policy = "halt"  # a sample has no labelled target codes
+    on_decode_ids: Policy = "halt"  # token ids outside the tokenizer's vocabulary or the codebook
     on_grad_norm: Policy = "halt"  # global grad norm zero or non-finite
     on_nonfinite_loss: Policy = "halt"  # the micro-batch is skipped either way
     on_params_unchanged: Policy = "warn"  # trainable weights did not move over a step
     on_lr_floor: Policy = "warn"  # effective LR below train.min_lr (the floor clamps it; this reports the schedule)
+    on_lr_low: Policy = "halt"  # LR far below the configured schedule, or a schedule that cannot learn
+    # A reference is silent when every one of its Whisper chunks has an RMS below this (waveform, about -80 dBFS), or,
+    # where only features exist, log-mel features whose standard deviation is below `silent_feature_std`.
+    silent_rms: float = 1e-4
+    silent_feature_std: float = 1e-3
+    lr_low_ratio: float = 0.1  # lr_low: applied LR < this x the configured schedule's LR at that step
+    lr_low_below: float = 1e-6  # lr_low: a schedule whose highest LR is below this cannot train
     part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
     decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
     # Each evaluation, rank 0 also generates (free-running, greedy) up to this many seconds for one held-out sample
@@ -175,6 +190,8 @@ class MonitorSection(_Section):
             raise ConfigError(f"{section} lacks policies {missing}")
         if self.halt_after < 1:
             raise ConfigError(f"{section}.halt_after must be >= 1, got {self.halt_after}")
+        if not 0 < self.lr_low_ratio <= 1:
+            raise ConfigError(f"{section}.lr_low_ratio must be in (0, 1], got {self.lr_low_ratio}")
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""`python -m ds_train doctor --config run.yaml`: build the run's data pipeline and model, take one real optimizer
-step, and print a pass/fail table of what the seed report's failures (and a few more things) look like on this run.
+"""`python -m ds_train doctor --config run.yaml`: build the run's data pipeline and model, run the training's own health
+checks (ds_train/monitor.py) on real micro-batches of the run's data and one real optimizer step, and print a
+pass/fail table, one row per check by name, of what the seed report's failures (and a few more things) look like on
+this run.
 
 It writes nothing into the run's output directory (it uses a temporary one) and exits non-zero if any check fails.
 """
@@ -19,8 +21,11 @@ import transformers
 from data_pipeline.types import IGNORE_INDEX
 from ds_train.config import RunConfig
 from ds_train.health import HealthCheck, HealthError
+from ds_train.monitor import STEP_CHECKS
 from ds_train.safe_decode import safe_decode_text
 from ds_train.trainer import Trainer
+
+SCREENED_MICRO_BATCHES = 8  # real micro-batches the batch checks see besides the step's own
 
 
 @dataclass
@@ -50,6 +55,33 @@ def _label_alignment(trainer, batch: dict) -> Check:
     return Check(
         "label alignment (t predicts t+1)", ok, f"loss {a:.4f} vs transformers {b:.4f}; labels aligned: {aligned}"
     )
+
+
+def _health_rows(trainer, batch: dict, values: dict[str, float]) -> list[Check]:
+    """One row per step health check, as the monitor judged the real micro-batches and the step."""
+    cfg = trainer.cfg
+    found = {f.check: f.render() for f in trainer.monitor.findings}
+    feats = batch.get("whisper_input_features")
+    grad_norm, lr, loss = values["train/grad_norm"], values["train/lr"], values["train/loss"]
+    screened = f"{trainer.batches.fetched} micro-batches checked, {trainer.monitor.dropped_samples} samples dropped"
+    passed = {
+        HealthCheck.WHISPER_FEATURES: "Whisper off" if not cfg.whisper.enabled else (
+            f"features {tuple(feats.shape) if feats is not None else None}, not silent, all <|AUDIO|> placed; "
+            + screened
+        ),
+        HealthCheck.REFERENCE_CODES: f"reference codes before every target; {screened}",
+        HealthCheck.CODEC_CODES: f"{int(batch['audio_input_ids_mask'].sum())} frames in the first micro-batch, "
+        "labelled targets in every sample",
+        HealthCheck.DECODE_IDS: "every text id inside the tokenizer, every code inside the codebook",
+        HealthCheck.GRAD_NORM: f"{grad_norm:.4g}, clip {cfg.train.gradient_clipping}",
+        HealthCheck.LR_LOW: f"step-1 LR {lr:.3g}, train.lr {cfg.train.lr:g}, warmup {cfg.train.warmup_steps} of "
+        f"{cfg.train.max_steps} steps",
+        HealthCheck.LR_FLOOR: f"step-1 LR {lr:.3g} (scheduler asked {values['train/lr_scheduled']:.3g}), floor "
+        f"{cfg.train.min_lr:g}",
+        HealthCheck.PARAMS_UNCHANGED: "yes",
+        HealthCheck.NONFINITE_LOSS: f"{loss:.4f}",
+    }  # fmt: skip
+    return [Check(check.doctor_label, check not in found, found.get(check, passed[check])) for check in STEP_CHECKS]
 
 
 def run_doctor(cfg: RunConfig) -> list[Check]:
@@ -92,31 +124,15 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
         detail = f"{len(held_out)} examples, {len(held_out.rejects)} rejected rows"
         checks.append(Check("eval data", len(held_out) > 0, detail))
     batch = trainer.prepare_batch(trainer.batches.next_batch())
-    feats = batch.get("whisper_input_features")
     checks.append(_label_alignment(trainer, batch))
+    for _ in range(SCREENED_MICRO_BATCHES):  # the batch checks run on each (failures are reported by the step)
+        trainer.batches.next_batch()
     try:
         stats = trainer.train_step()
     except HealthError as err:
         checks.append(_health_failure(err))
         return checks
-    found = {f.check: f.render() for f in trainer.monitor.findings}
-    grad_norm, lr = stats.values["train/grad_norm"], stats.values["train/lr"]
-    whisper_detail = (
-        "Whisper off" if not cfg.whisper.enabled else f"features {tuple(feats.shape) if feats is not None else None}"
-    )
-    loss = stats.values["train/loss"]
-    grad_ok = math.isfinite(grad_norm) and grad_norm > 0
-    rows = [
-        (HealthCheck.WHISPER_FEATURES, True, whisper_detail),
-        (HealthCheck.CODEC_CODES, True, f"{int(batch['audio_input_ids_mask'].sum())} frames, labelled targets present"),
-        (HealthCheck.GRAD_NORM, grad_ok, f"{grad_norm:.4g}, clip {cfg.train.gradient_clipping}"),
-        (HealthCheck.LR_FLOOR, lr > 0 and lr >= cfg.train.min_lr,
-         f"step-1 LR {lr:.3g} (scheduler asked {stats.values['train/lr_scheduled']:.3g}), floor {cfg.train.min_lr:g}"),
-        (HealthCheck.PARAMS_UNCHANGED, True, "yes"),
-        (HealthCheck.NONFINITE_LOSS, math.isfinite(loss), f"{loss:.4f}"),
-    ]  # fmt: skip
-    for check, ok, detail in rows:
-        checks.append(Check(check.doctor_label, ok and check not in found, found.get(check, detail)))
+    checks += _health_rows(trainer, batch, stats.values)
     if trainer.evaluator is not None:
         try:
             ev = trainer.evaluate()
@@ -129,9 +145,9 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
     try:
         safe_decode_text(trainer.tokenizer, batch["input_ids"][0])
         decoded = safe_decode_text(trainer.tokenizer, garbage)
-        checks.append(Check("5. safe decoding of out-of-range ids", True, f"{decoded.invalid} invalid ids marked"))
+        checks.append(Check("5. logging decodes out-of-range ids safely", True, f"{decoded.invalid} invalid ids marked"))
     except Exception as err:  # noqa: BLE001
-        checks.append(Check("5. safe decoding of out-of-range ids", False, f"{type(err).__name__}: {err}"))
+        checks.append(Check("5. logging decodes out-of-range ids safely", False, f"{type(err).__name__}: {err}"))
     return checks
 
 

@@ -77,6 +77,12 @@ class VoiceCloningOutput:
     reduction, detached. Per-codebook tensors are [C] and detached: summed cross-entropy, correct top-1, labelled
     tokens; text_ce_sum / text_count likewise for the text labels (0 without the text head)."""
 
+    @property
+    def audio_in_positions(self) -> int:
+        """<|AUDIO|> positions of the batch that received a Whisper embedding."""
+        return int(self.audio_in_placed.sum())
+
+
     loss: torch.Tensor
     audio_loss: torch.Tensor
     text_loss: torch.Tensor | None
@@ -86,7 +92,7 @@ class VoiceCloningOutput:
     codebook_count: torch.Tensor
     text_ce_sum: float
     text_count: int
-    audio_in_positions: int
+    audio_in_placed: torch.Tensor  # [B] <|AUDIO|> positions that received a Whisper embedding, per row
     predicted_codes: torch.Tensor  # [N, C] teacher-forced argmax at the N predicted frames, row-major over the batch
     predicted_rows: torch.Tensor  # [B] how many of the N rows belong to each sample
 
@@ -104,7 +110,7 @@ class VoiceCloningModel(nn.Module):
         self._pending_audio_in: tuple[torch.Tensor, torch.Tensor] | None = None
         self._audio_in_used: list[int] = []  # per batch row: how many of its <|AUDIO|> embeddings are placed
         # The transformers model embeds input_ids itself; a hook on its embedding swaps in the Whisper outputs.
-        self.llm.model.embed_tokens.register_forward_hook(self._inject_audio_in)
+        self.audio_in_hook = self.llm.model.embed_tokens.register_forward_hook(self._inject_audio_in)
 
     @property
     def config(self):
@@ -211,7 +217,8 @@ class VoiceCloningModel(nn.Module):
                 use_cache=False,
             ).last_hidden_state  # [B, L, H]
         finally:
-            audio_in_positions = 0 if self._pending_audio_in is None else int(self._pending_audio_in[1].shape[0])
+            # what the hook really placed, per row (0 where it never ran: no Whisper, or the hook is gone)
+            audio_in_placed = torch.tensor(self._audio_in_used or [0] * input_ids.shape[0], dtype=torch.long)
             self.arm_audio_in(None)
 
         # Codes of each placeholder position, aligned with input_ids: [B, L, C].
@@ -261,7 +268,7 @@ class VoiceCloningModel(nn.Module):
             codebook_count=counts.detach(),
             text_ce_sum=float(text_ce_sum),
             text_count=text_count,
-            audio_in_positions=audio_in_positions,
+            audio_in_placed=audio_in_placed,
             predicted_codes=predicted,
             predicted_rows=predict_at.sum(1),
         )

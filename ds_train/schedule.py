@@ -18,6 +18,13 @@ def lr_at(step: int, peak: float, min_lr: float, warmup: int, total: int) -> flo
     return max(min_lr, value)
 
 
+def highest_lr(peak: float, min_lr: float, warmup: int, total: int) -> float:
+    """The highest LR `lr_at` reaches over steps 0 .. total-1 (below `peak` when the warmup outlasts the run)."""
+    if warmup <= total:
+        return peak
+    return lr_at(total - 1, peak, min_lr, warmup, total)
+
+
 def warmup_cosine(optimizer: Optimizer, peak: float, min_lr: float, warmup: int, total: int) -> LambdaLR:
     if peak <= 0:
         raise ValueError(f"train.lr must be > 0, got {peak}")

@@ -16,6 +16,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from ds_train.batch_checks import BatchRules
 from ds_train.batch_stream import BatchStream
 from ds_train.build import build_model, build_tokenizer
 from ds_train.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
@@ -28,7 +29,7 @@ from ds_train.grad_norms import part_grad_norms
 from ds_train.health import HealthCheck, HealthError
 from ds_train.loss import LabelCounts, LossSums, LossWeights
 from ds_train.metrics import MetricsProcessor, StepMeasurement
-from ds_train.monitor import HealthMonitor, apply_lr_floor
+from ds_train.monitor import HealthMonitor, ScheduleReference, apply_lr_floor
 from ds_train.preflight import check_cpu_adam
 from ds_train.rng import RNGState, seed_everything
 from ds_train.sample_logger import SampleLogger
@@ -109,8 +110,11 @@ class Trainer:
 
         self.prepare_batch = BatchPreparer(self.device)
         sampler = build_sampler(cfg, self.data.dataset, self.rank, self.world_size)
-        self.batches = BatchStream(sampler, self._loader, cfg.data.max_bad_fraction)
-        self.monitor = HealthMonitor(cfg.monitor, cfg.whisper.enabled)
+        self.monitor = HealthMonitor(
+            cfg.monitor, self._batch_rules(), self.device,
+            None if "scheduler" in self.ds_config else ScheduleReference(t.lr, t.min_lr, t.warmup_steps, t.max_steps),
+        )  # fmt: skip
+        self.batches = BatchStream(sampler, self._loader, cfg.data.max_bad_fraction, self.monitor.screen)
         self.best_eval = BestEval(t.keep_best)
         self.checkpointer = Checkpointer(self.ckpt_dir, t.keep_last, {
             "data": self.batches, "health": self.monitor, "best_eval": self.best_eval,
@@ -138,6 +142,13 @@ class Trainer:
                 cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
             )  # fmt: skip
         self._told_no_generation = False
+
+    def _batch_rules(self) -> BatchRules:
+        m = self.cfg.monitor
+        return BatchRules(
+            self.geometry, len(self.tokenizer), self.engine.module.audio_in_token_id, self.cfg.whisper.enabled,
+            m.silent_rms, m.silent_feature_std,
+        )  # fmt: skip
 
     def _loader(self, sampler):
         return build_loader(self.data.dataset, sampler, self.data.collator, self.cfg.data.num_workers, self.device)
@@ -215,7 +226,7 @@ class Trainer:
 
     def _counters(self) -> dict[str, float]:
         return {
-            "monitor/skipped_micro_batches": float(self.monitor.skipped_micro_batches),
+            **self.monitor.counters(),
             "monitor/bad_rows_skipped": float(len(self.data.dataset.rejects)),
             "monitor/bad_samples_skipped": float(self.batches.bad_samples),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,6 +13,7 @@ import torch  # noqa: E402
 
 from data_pipeline.codecs import DacCodec, tiny_dac  # noqa: E402
 from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
+from data_pipeline.prepare import PrepareConfig, prepare  # noqa: E402
 from tests.helpers import Assets  # noqa: E402
 
 
@@ -22,6 +24,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     codec_file = root / "tiny_dac.pth"
     tiny_dac(seed=0).save(str(codec_file))
     return Assets(manifest, codec_file)
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test corpus through `prepare` once, so runs that need no start-up encoding skip it."""
+    out = tmp_path_factory.mktemp("prepared_corpus")
+    prepare(PrepareConfig(str(assets.manifest), "dac", str(assets.codec_file), str(out), 12), show_progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

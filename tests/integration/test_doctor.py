@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ds_train.doctor import run_doctor
 from ds_train.health import HealthCheck
+from ds_train.monitor import STEP_CHECKS
 from tests.helpers import CONFIGS, make_config
 
 
@@ -29,9 +30,9 @@ def test_doctor_cli_passes_on_a_healthy_config(assets, tmp_path: Path) -> None:
     assert "PASS  eval data" in proc.stdout and "24 examples, 0 rejected rows" in proc.stdout
     assert re.search(r"PASS  evaluation\s.*eval loss \d+\.\d+, top-1 [\d.]+, 24 samples", proc.stdout)
     assert "features (4, 128, 3000)" in proc.stdout
-    for check in HealthCheck:
+    for check in STEP_CHECKS:
         assert f"PASS  {check.doctor_label}" in proc.stdout
-    assert "PASS  label alignment" in proc.stdout and "5. safe decoding" in proc.stdout
+    assert "PASS  label alignment" in proc.stdout and "5. logging decodes out-of-range ids safely" in proc.stdout
 
 
 def test_doctor_fails_on_a_frozen_model(assets, tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ def test_doctor_fails_on_a_warmup_that_starts_at_lr_zero(assets, tmp_path: Path)
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     cfg = make_config(assets, tmp_path, f"train.deepspeed_config={tmp_path / 'ds.json'}", "train.min_lr=0")
     failed = _failed(run_doctor(cfg))
-    assert "step-1 LR 0" in failed[HealthCheck.LR_FLOOR.doctor_label]
+    assert "step 1: the step ran at LR 0" in failed[HealthCheck.LR_LOW.doctor_label]
     assert HealthCheck.PARAMS_UNCHANGED.doctor_label in failed
 
 
