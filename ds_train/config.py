@@ -177,9 +177,13 @@ class MonitorSection(_Section):
     lr_low_below: float = 1e-6  # lr_low: a schedule whose highest LR is below this cannot train
     part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
     decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
-    # Each evaluation, rank 0 also generates (free-running, greedy) up to this many seconds for one held-out sample
-    # and logs it as TensorBoard audio; ZeRO-0/1/2 only (under ZeRO-3 no rank holds every weight). 0 = off.
+    # Each evaluation, rank 0 also generates (free-running, greedy) `generate_samples` eval examples (the first ones,
+    # the same each time), each up to twice its real length and at most `generate_seconds`; it reports eval/gen_*
+    # (stop rate, duration ratio, silence; ds_train/generation_eval.py) and logs the first as TensorBoard audio.
+    # ZeRO-0/1/2 only (under ZeRO-3 no rank holds every weight). 0 = off.
     generate_seconds: float = 10.0
+    generate_samples: int = 4
+    speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
 
     def policy(self, check: HealthCheck) -> Policy:
         return getattr(self, check.config_key)
@@ -257,6 +261,7 @@ _PATH_FIELDS = {
     ("data", "eval_prepared"),
     ("data", "codec_path"),
     ("train", "deepspeed_config"),
+    ("monitor", "speaker_model"),
 }
 
 

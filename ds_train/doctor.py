@@ -25,6 +25,7 @@ from ds_train.monitor import STEP_CHECKS
 from ds_train.safe_decode import safe_decode_text
 from ds_train.trainer import Trainer
 
+SAFE_DECODING = "5. logging decodes out-of-range ids safely"
 SCREENED_MICRO_BATCHES = 8  # real micro-batches the batch checks see besides the step's own
 
 
@@ -145,9 +146,9 @@ def run_doctor(cfg: RunConfig) -> list[Check]:
     try:
         safe_decode_text(trainer.tokenizer, batch["input_ids"][0])
         decoded = safe_decode_text(trainer.tokenizer, garbage)
-        checks.append(Check("5. logging decodes out-of-range ids safely", True, f"{decoded.invalid} invalid ids marked"))
+        checks.append(Check(SAFE_DECODING, True, f"{decoded.invalid} invalid ids marked"))
     except Exception as err:  # noqa: BLE001
-        checks.append(Check("5. logging decodes out-of-range ids safely", False, f"{type(err).__name__}: {err}"))
+        checks.append(Check(SAFE_DECODING, False, f"{type(err).__name__}: {err}"))
     return checks
 
 

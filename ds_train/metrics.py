@@ -95,6 +95,10 @@ class MetricsProcessor:
             values["eval/audio_loss"], values["eval/audio_top1"], values["eval/samples"], values["eval/time_s"],
         )  # fmt: skip
 
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Scalars to TensorBoard (and DeepSpeed's monitors) without a console line."""
+        self._scalars(step, values)
+
     def _scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
             for name, value in values.items():

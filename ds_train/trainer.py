@@ -24,7 +24,8 @@ from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
 from ds_train.distributed import device_for, init_distributed
 from ds_train.evaluation import BestEval, Evaluator
-from ds_train.generate import frame_budget, generate_codes, prompt_from_batch
+from ds_train.generate import frame_budget
+from ds_train.generation_eval import GenerationEvaluator
 from ds_train.grad_norms import part_grad_norms
 from ds_train.health import HealthCheck, HealthError
 from ds_train.loss import LabelCounts, LossSums, LossWeights
@@ -34,6 +35,7 @@ from ds_train.preflight import check_cpu_adam
 from ds_train.rng import RNGState, seed_everything
 from ds_train.sample_logger import SampleLogger
 from ds_train.schedule import warmup_cosine
+from ds_train.speaker_similarity import SpeakerEncoder
 from ds_train.stopping import GracefulStop
 
 log = logging.getLogger("ds_train")
@@ -142,6 +144,7 @@ class Trainer:
                 cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
             )  # fmt: skip
         self._told_no_generation = False
+        self.generation: GenerationEvaluator | None = None  # built on first use (rank 0, with an eval set)
 
     def _batch_rules(self) -> BatchRules:
         m = self.cfg.monitor
@@ -245,32 +248,36 @@ class Trainer:
         if self.rank == 0 and sample is not None:
             if self.cfg.monitor.decode_every > 0:
                 self.samples.log(step, *sample, prefix="eval_samples")
-            if self.cfg.monitor.generate_seconds > 0:
+            if self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0:
                 self._log_generated(step, sample[0])
         self.evaluator.first_sample = None
         return values
 
     def _log_generated(self, step: int, batch: dict) -> None:
-        """Rank 0: free-running generation for the batch's first sample -> TensorBoard `eval_samples/generated`."""
+        """Rank 0: free-running generation for a fixed subset of the eval set -> eval/gen_* scalars and, for its first
+        sample, TensorBoard audio `eval_samples/generated`."""
         if self.engine.zero_optimization_stage() >= 3:
             if not self._told_no_generation:
                 log.info("monitor.generate_seconds: skipped under ZeRO-3 (no rank holds every weight)")
                 self._told_no_generation = True
             return
-        llm_cfg, model = self.engine.module.llm.config, self.engine.module
-        prompt = prompt_from_batch(
-            batch, 0, self.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id)
-        )
-        max_frames = frame_budget(self.cfg.monitor.generate_seconds, self.data.codec.frame_rate, self.geometry)
-        was_training = model.training
-        try:
-            codes = generate_codes(model, prompt, self.geometry, max_frames)
-        except Exception as err:  # noqa: BLE001 - an observability extra must never stop training
-            log.warning("eval generation at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
-            return
-        finally:
-            model.train(was_training)
-        self.samples.log_codes(step, "eval_samples/generated", codes)
+        if self.generation is None:
+            self.generation = self._build_generation()
+        values = self.generation.run(self.engine.module)
+        self.metrics.log_scalars(step, values)
+        if values:
+            log.info("eval generation %5d | %s", step, " | ".join(f"{k[9:]} {v:.3g}" for k, v in values.items()))
+        if self.generation.last_codes is not None:
+            self.samples.log_codes(step, "eval_samples/generated", self.generation.last_codes)
+
+    def _build_generation(self) -> GenerationEvaluator:
+        m, llm_cfg = self.cfg.monitor, self.engine.module.llm.config
+        speaker = SpeakerEncoder(m.speaker_model, self.device) if m.speaker_model else None
+        return GenerationEvaluator(
+            self.data.eval_dataset, self.data.collator, self.data.codec, self.geometry, m.generate_samples,
+            self.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id), speaker,
+            max_frames=frame_budget(m.generate_seconds, self.data.codec.frame_rate, self.geometry),
+        )  # fmt: skip
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def save(self, best: bool = False) -> str:

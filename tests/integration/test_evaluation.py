@@ -83,6 +83,9 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     # ...and generated free-running (greedy) from that sample's prompt.
     generated = acc.Audio("eval_samples/generated")
     assert [e.step for e in generated] == [2, 3] and all(e.sample_rate == 24000 for e in generated)
+    # ...with free-running metrics over the first monitor.generate_samples (4) eval examples
+    assert scalars["eval/gen_samples"] == {2: 4.0, 3: 4.0}
+    assert all(0 <= scalars[f"eval/gen_{k}"][3] <= 1 for k in ("stop_rate", "silence_share"))
     assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(acc.Tags()["audio"])
 
 

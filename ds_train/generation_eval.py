@@ -1,0 +1,142 @@
+"""Free-running generation metrics at each evaluation: does the model stop, at about the right length, without
+silence, in the reference's voice?
+
+For a bounded, fixed subset of the eval set (its first `monitor.generate_samples` examples), rank 0 generates each
+target from its prompt (greedy, up to the target's length x `LENGTH_CAP` plus the delay tail, and at most
+`monitor.generate_seconds`) and reports under `eval/`:
+- `gen_stop_rate`: share that ended with the stream EOS before the length cap ("runs to the maximum length");
+- `gen_duration_ratio`: generated / real target duration, mean over the subset;
+- `gen_silence_share`: share of 20 ms frames of the decoded audio below `SILENT_FRAME_DBFS` ("silent output");
+- with a speaker model (`monitor.speaker_model`, a local x-vector directory): `gen_speaker_sim`, the cosine between
+  speaker embeddings of the generated audio and the reference, next to `gen_speaker_sim_target`, the same for the
+  real target (the ceiling).
+No ASR model is used yet, so intelligibility (WER) is not reported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from data_pipeline.codecs import Codec
+from data_pipeline.delay_pattern import revert_delay
+from data_pipeline.types import AudioGeometry
+from ds_train.generate import frames_to_codes, generate_frames, prompt_from_batch
+from ds_train.safe_decode import sanitize_codes
+from ds_train.speaker_similarity import SpeakerEncoder
+
+log = logging.getLogger("ds_train")
+LENGTH_CAP = 2.0  # generation may run to twice the real target's length (plus the delay tail) before it is cut
+SILENT_FRAME_DBFS = -50.0
+FRAME_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class GeneratedSample:
+    sample_id: str
+    stopped: bool  # the stream EOS came before the length cap
+    seconds: float
+    target_seconds: float
+    silence_share: float
+    speaker_sim: float | None = None
+    speaker_sim_target: float | None = None
+
+
+def silence_share(wave: torch.Tensor, sample_rate: int, dbfs: float = SILENT_FRAME_DBFS) -> float:
+    """Share of the `FRAME_SECONDS` frames of `wave` [S] whose RMS is below `dbfs`; 1.0 for no audio at all."""
+    size = max(1, int(sample_rate * FRAME_SECONDS))
+    frames = wave.float()[: wave.numel() // size * size].view(-1, size)
+    if frames.shape[0] == 0:
+        return 1.0
+    rms = frames.square().mean(1).sqrt()
+    return float((rms < 10 ** (dbfs / 20)).float().mean())
+
+
+def stopped(frames: torch.Tensor, geometry: AudioGeometry) -> bool:
+    """Generated delayed frames [F, C] -> whether an all-EOS frame (the end of every codebook's stream) occurs."""
+    return bool((frames == geometry.stream_eos).all(-1).any())
+
+
+def summarize(samples: list[GeneratedSample]) -> dict[str, float]:
+    if not samples:
+        return {}
+    n = len(samples)
+    values = {
+        "eval/gen_samples": float(n),
+        "eval/gen_stop_rate": sum(s.stopped for s in samples) / n,
+        "eval/gen_duration_ratio": sum(s.seconds / max(s.target_seconds, 1e-6) for s in samples) / n,
+        "eval/gen_silence_share": sum(s.silence_share for s in samples) / n,
+    }
+    if all(s.speaker_sim is not None for s in samples):
+        values["eval/gen_speaker_sim"] = sum(s.speaker_sim for s in samples) / n
+        values["eval/gen_speaker_sim_target"] = sum(s.speaker_sim_target for s in samples) / n
+    return values
+
+
+class GenerationEvaluator:
+    """Generates the fixed subset and measures it; one process (rank 0), the model must hold every weight."""
+
+    def __init__(
+        self, dataset, collator, codec: Codec, geometry: AudioGeometry, count: int, audio_out_bos: int,
+        audio_placeholders: tuple[int, int], speaker: SpeakerEncoder | None = None, max_frames: int | None = None,
+    ) -> None:  # fmt: skip
+        self.dataset, self.collator, self.codec, self.geometry = dataset, collator, codec, geometry
+        self.indices = list(range(min(count, len(dataset))))
+        self.audio_out_bos, self.audio_placeholders = audio_out_bos, audio_placeholders
+        self.speaker = speaker
+        self.max_frames = max_frames  # the generated frames allowed per sample, whatever its target's length
+        self.last_codes: torch.Tensor | None = None  # the first sample's generated codes [C, T], for TensorBoard
+
+    def run(self, model) -> dict[str, float]:
+        """eval/gen_* over the subset (examples that fail to load or generate are logged and left out)."""
+        was_training = model.training
+        results = []
+        try:
+            for index in self.indices:
+                try:
+                    results.append(self._one(model, index))
+                except Exception as err:  # noqa: BLE001 - an evaluation extra must never stop training
+                    log.warning("generation for eval example %d failed and was left out: %s: %s", index,
+                                type(err).__name__, err)  # fmt: skip
+        finally:
+            model.train(was_training)
+        return summarize(results)
+
+    def _one(self, model, index: int) -> GeneratedSample:
+        example = self.dataset[index]
+        batch = self.collator([example])
+        if batch.get("empty"):
+            raise ValueError(f"eval example {index} did not load")
+        prompt = prompt_from_batch(batch, 0, self.audio_out_bos, self.audio_placeholders)
+        target_codes, reference_codes = self._target_and_reference(batch, prompt.ref_frames)
+        rate = self.codec.frame_rate
+        target_seconds = target_codes.shape[1] / rate
+        cap = int(LENGTH_CAP * target_codes.shape[1]) + self.geometry.num_codebooks + 1
+        cap = min(cap, self.max_frames or cap)
+        frames = generate_frames(model, prompt, cap)
+        codes = frames_to_codes(frames, self.geometry)
+        if index == self.indices[0]:
+            self.last_codes = codes
+        wave = self.codec.decode(codes).clamp(-1, 1) if codes.shape[1] else torch.zeros(0)
+        sim = sim_target = None
+        if self.speaker is not None:
+            sr = self.codec.sample_rate
+            reference = self.codec.decode(reference_codes).clamp(-1, 1)
+            target = self.codec.decode(target_codes).clamp(-1, 1)
+            sim = self.speaker.similarity(wave, reference, sr) if wave.numel() else math.nan
+            sim_target = self.speaker.similarity(target, reference, sr)
+        return GeneratedSample(
+            batch["sample_ids"][0], stopped(frames, self.geometry), codes.shape[1] / rate, target_seconds,
+            silence_share(wave, self.codec.sample_rate), sim, sim_target,
+        )  # fmt: skip
+
+    def _target_and_reference(self, batch: dict, ref_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codec codes [C, T] of the real target and of the reference (from the delayed frames of the batch)."""
+        frames = batch["audio_input_ids"][0][batch["audio_input_ids_mask"][0]]
+        size = self.geometry.codec_codebook_size
+        reference = sanitize_codes(revert_delay(frames[:ref_frames]), size)[0]
+        target = sanitize_codes(revert_delay(frames[ref_frames:]), size)[0]
+        return target, reference

@@ -1,0 +1,71 @@
+"""Free-running generation metrics (issue 13 §2): the measures themselves on known inputs, and a real evaluation pass
+of a tiny trained model with a local (tiny, random-init) x-vector speaker model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+from data_pipeline.types import AudioGeometry
+from ds_train.generation_eval import GeneratedSample, GenerationEvaluator, silence_share, stopped, summarize
+from ds_train.speaker_similarity import SpeakerEncoder
+from ds_train.trainer import Trainer
+from tests.helpers import make_config
+
+
+def _speaker_model(path: Path) -> Path:
+    config = WavLMConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        tdnn_dim=(32, 32), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    WavLMForXVector(config).save_pretrained(str(path))
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(path))
+    return path
+
+
+def test_silence_and_stop_measures() -> None:
+    sr = 1000
+    wave = torch.cat([torch.zeros(500), 0.5 * torch.sin(torch.arange(500.0))])
+    assert silence_share(wave, sr) == 0.5
+    assert silence_share(torch.zeros(0), sr) == 1.0
+    geo = AudioGeometry(num_codebooks=2, codec_codebook_size=8)
+    running = torch.tensor([[8, 8], [1, 8], [2, 3]])
+    assert not stopped(running, geo)
+    assert stopped(torch.cat([running, torch.tensor([[9, 4], [9, 9]])]), geo)
+    values = summarize([GeneratedSample("a", True, 2.0, 1.0, 0.1), GeneratedSample("b", False, 1.0, 2.0, 0.3)])
+    assert values["eval/gen_stop_rate"] == 0.5 and values["eval/gen_duration_ratio"] == 1.25
+    assert math.isclose(values["eval/gen_silence_share"], 0.2) and "eval/gen_speaker_sim" not in values
+
+
+def test_speaker_similarity_is_a_cosine(tmp_path: Path) -> None:
+    encoder = SpeakerEncoder(_speaker_model(tmp_path / "spk"))
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16000, generator=g) * 0.1, torch.randn(24000, generator=g) * 0.1
+    assert math.isclose(encoder.similarity(a, a, 16000), 1.0, abs_tol=1e-5)
+    assert -1.0 <= encoder.similarity(a, b, 16000) <= 1.0
+    assert math.isclose(encoder.similarity(a, b, 16000), encoder.similarity(b, a, 16000), abs_tol=1e-5)
+
+
+def test_generation_metrics_on_a_real_model(assets, prepared_corpus: Path, tmp_path: Path) -> None:
+    trainer = Trainer(make_config(assets, tmp_path / "run", f"data.prepared={prepared_corpus}", "train.max_steps=2",
+                                  "train.tensorboard=false"))  # fmt: skip
+    trainer.fit()
+    llm_cfg = trainer.engine.module.llm.config
+    evaluator = GenerationEvaluator(
+        trainer.data.dataset, trainer.data.collator, trainer.data.codec, trainer.geometry, 2,
+        trainer.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id),
+        SpeakerEncoder(_speaker_model(tmp_path / "spk")),
+    )  # fmt: skip
+    values = evaluator.run(trainer.engine.module)
+    assert values["eval/gen_samples"] == 2.0
+    assert 0.0 <= values["eval/gen_stop_rate"] <= 1.0 and 0.0 <= values["eval/gen_silence_share"] <= 1.0
+    assert 0.0 <= values["eval/gen_duration_ratio"] <= 2.5
+    assert -1.0 <= values["eval/gen_speaker_sim_target"] <= 1.0
+    assert math.isnan(values["eval/gen_speaker_sim"]) or -1.0 <= values["eval/gen_speaker_sim"] <= 1.0
+    assert evaluator.last_codes is not None and evaluator.last_codes.shape[0] == trainer.geometry.num_codebooks
+    assert trainer.engine.module.training  # evaluation leaves the model as it found it
