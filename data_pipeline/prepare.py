@@ -48,6 +48,17 @@ class PrepareConfig:
     encode_batch: int | None = None  # files per codec call; None: 16 on a GPU, 1 on a CPU
     device: str = "cpu"
     limits: Limits | None = None
+    # Store each row's 16 kHz reference PCM (FLAC) for the Whisper tower: "yes", or "no" for runs with Whisper off
+    # (the published Higgs Audio v2 mode), where the codes are all training reads (~97% of the bytes saved).
+    whisper_pcm: str = "yes"
+
+    def __post_init__(self) -> None:
+        if self.whisper_pcm not in ("yes", "no"):
+            raise UsageError(f"--whisper-pcm must be yes or no, got {self.whisper_pcm!r}")
+
+    @property
+    def pcm_format(self) -> str:
+        return "flac" if self.whisper_pcm == "yes" else "none"
 
 
 def _rejects_path(out: Path, shard: int) -> Path:
@@ -59,7 +70,7 @@ def _dataset_meta(cfg: PrepareConfig, codec: Codec, total_rows: int) -> dict:
         "manifest": str(Path(cfg.manifest).resolve()), "codec": cfg.codec, "codec_path": str(cfg.codec_path),
         "sample_rate": codec.sample_rate, "num_codebooks": codec.num_codebooks, "codebook_size": codec.codebook_size,
         "frame_rate": codec.frame_rate, "rows_per_shard": cfg.rows_per_shard, "manifest_rows": total_rows,
-        "limits": asdict(cfg.limits or Limits()),
+        "limits": asdict(cfg.limits or Limits()), "reference_pcm": cfg.pcm_format,
     }  # fmt: skip
 
 
@@ -93,7 +104,7 @@ def prepare(cfg: PrepareConfig, rank: int = 0, world_size: int = 1, show_progres
         tmp = _rejects_path(out, k).with_suffix(".tmp")
         tmp.write_text("".join(r.to_json() + "\n" for r in rejects))
         os.replace(tmp, _rejects_path(out, k))
-        write_shard(out / shard_name(k), encoded)  # last: its existence marks the shard done
+        write_shard(out / shard_name(k), encoded, cfg.pcm_format)  # last: its existence marks the shard done
         hours += sum(r.ref_seconds + r.target_seconds for r in encoded) / 3600
         bar.update(len(shards[k]))
         bar.set_postfix(audio_h=f"{hours:.2f}", rejected=len(rejects))
@@ -124,8 +135,11 @@ def merge(out: Path, num_shards: int, parse_rejects: list[Reject], total_rows: i
     examples = index.num_rows
     hours = (sum(index.column("ref_seconds").to_pylist()) + sum(index.column("target_seconds").to_pylist())) / 3600 \
         if examples else 0.0  # fmt: skip
+    target_hours = sum(index.column("target_seconds").to_pylist()) / 3600 if examples else 0.0
+    stored = sum((out / shard_name(k)).stat().st_size for k in range(num_shards))
     summary = {"manifest_rows": total_rows, "examples": examples, "rejected": len(rejects), "shards": num_shards,
-               "audio_hours": round(hours, 4)}  # fmt: skip
+               "audio_hours": round(hours, 4), "target_hours": round(target_hours, 4), "shard_bytes": stored,
+               "mb_per_target_hour": round(stored / 1e6 / target_hours, 2) if target_hours else None}  # fmt: skip
     if examples + len(rejects) != total_rows:
         raise RuntimeError(f"row accounting failed: {examples} examples + {len(rejects)} rejects != {total_rows} rows")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -152,6 +166,11 @@ def _main(argv: list[str]) -> int:
         help="audio files per codec call, shortest first (default: 16 on a GPU, 1 on a CPU)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--whisper-pcm", choices=["yes", "no"], default="yes",
+        help="store the 16 kHz reference audio (FLAC) that the Whisper tower needs; 'no' for runs with "
+        "whisper.enabled=false saves ~97%% of the space",
+    )  # fmt: skip
     for field in ("min_seconds", "max_seconds", "min_ref_seconds", "max_ref_seconds"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(Limits(), field))
     parser.add_argument("--max-text-chars", type=int, default=Limits().max_text_chars)
@@ -169,13 +188,14 @@ def _main(argv: list[str]) -> int:
     limits = Limits(min_seconds=args.min_seconds, max_seconds=args.max_seconds, min_ref_seconds=args.min_ref_seconds,
                     max_ref_seconds=args.max_ref_seconds, max_text_chars=args.max_text_chars)  # fmt: skip
     cfg = PrepareConfig(args.manifest, args.codec, args.codec_path, args.out, args.rows_per_shard, args.encode_batch,
-                        args.device, limits)  # fmt: skip
+                        args.device, limits, args.whisper_pcm)  # fmt: skip
     started = time.perf_counter()
     summary = prepare(cfg, rank, world_size)
     if summary is not None:
         elapsed = time.perf_counter() - started
         print(f"prepared {summary['examples']} examples ({summary['audio_hours']:.3f} h of audio) in "
-              f"{summary['shards']} shards; {summary['rejected']} rows rejected (see {Path(args.out) / REJECTS_FILE}); "
+              f"{summary['shards']} shards, {summary['shard_bytes'] / 1e6:.1f} MB ({summary['mb_per_target_hour']} MB "
+              f"per hour of target audio); {summary['rejected']} rows rejected (see {Path(args.out) / REJECTS_FILE}); "
               f"{elapsed:.1f} s")  # fmt: skip
     if world_size > 1:
         dist.destroy_process_group()

@@ -67,6 +67,11 @@ class PreparedDataset(Dataset):
                 f"{self.root} holds {self.meta['num_codebooks']} x {self.meta['codebook_size']} codes but the run's "
                 f"codec gives {geo.num_codebooks} x {geo.codec_codebook_size}"
             )
+        if self.meta.get("reference_pcm") == "none" and layout.options.whisper:
+            raise InputError(
+                f"{self.root} was prepared with --whisper-pcm no (no reference audio for the Whisper tower) but this "
+                "run has whisper.enabled=true: prepare it again with --whisper-pcm yes, or set whisper.enabled=false"
+            )
         self.layout = layout
         index = pq.read_table(self.root / INDEX_FILE).to_pydict()
         self.index = index
