@@ -18,9 +18,10 @@ from typing import NamedTuple
 
 import psutil
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_pipeline.prepare import PrepareConfig, prepare
-from ds_train.trainer import Trainer
+from ds_train.trainer import Trainer, train
 from tests.helpers import CONFIGS, REPO, command_env, free_port, inject, make_config, read_scalars
 
 DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
@@ -251,3 +252,28 @@ def test_fit_shuts_its_dataloader_workers_down_before_returning(assets, tmp_path
     assert not alive, f"DataLoader workers {alive} still running after fit() returned"
     assert trainer.batches.next_batch()["sample_ids"]  # closed, not broken: a later batch starts new workers
     trainer.batches.close()
+
+
+def _scalar_steps(logdir: Path) -> dict[str, list[int]]:
+    """tag -> the step of every scalar event TensorBoard shows, repeats included (read_scalars keeps one per step)."""
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [event.step for event in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_resume_purges_the_tensorboard_events_past_the_checkpoint(assets, tmp_path: Path) -> None:
+    """A run logs steps 1-5 but dies with only its step-3 checkpoint; `--resume` redoes steps 4-5 in the same
+    output dir, and TensorBoard shows each step once, with the resumed run's values."""
+    overrides = ("train.max_steps=5", "train.save_every=3")
+    first = train(make_config(assets, tmp_path, *overrides))
+    (first.checkpoint_dir / "latest").write_text("global_step3")  # as if killed after logging step 5, before saving
+    resumed = train(make_config(assets, tmp_path, *overrides), resume=True)
+    assert sorted(resumed.losses) == [4, 5]
+    assert len(list(first.tensorboard_dir.glob("events.out.tfevents.*"))) == 2  # one file per run
+
+    steps = _scalar_steps(first.tensorboard_dir)
+    for tag in ("train/loss", "train/lr", "perf/step_time_s"):
+        assert steps[tag] == [1, 2, 3, 4, 5], (tag, steps[tag])
+    losses = read_scalars(first.tensorboard_dir)["train/loss"]
+    assert [losses[s] for s in (1, 2, 3)] == pytest.approx([first.losses[s] for s in (1, 2, 3)], rel=1e-6)
+    assert [losses[s] for s in (4, 5)] == pytest.approx([resumed.losses[s] for s in (4, 5)], rel=1e-6)
