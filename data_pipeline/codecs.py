@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from data_pipeline.audio import resample
+from data_pipeline.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
@@ -152,21 +153,21 @@ HIGGS_RATIOS = (8, 5, 4, 2, 3)
 
 
 def _higgs_hop_length(config: HiggsAudioV2TokenizerConfig) -> int:
-    """Samples per frame at `config.sample_rate`; raises ValueError if the acoustic and semantic branches disagree."""
+    """Samples per frame at `config.sample_rate`; raises InputError if the acoustic and semantic branches disagree."""
     acoustic, semantic = config.acoustic_model_config, config.semantic_model_config
     hop = math.prod(acoustic.downsampling_ratios)
     if math.prod(acoustic.upsampling_ratios) != hop:
-        raise ValueError(
+        raise InputError(
             f"higgs codec: decoder upsampling {list(acoustic.upsampling_ratios)} does not invert encoder downsampling "
             f"{list(acoustic.downsampling_ratios)} (hop {hop})"
         )
     if config.sample_rate % hop:
-        raise ValueError(
+        raise InputError(
             f"higgs codec: frame rate {config.sample_rate}/{hop} = {config.sample_rate / hop:g} frames/s is not an "
             "integer; the acoustic downsampling ratios must divide the sample rate"
         )
     if hop * config.semantic_sample_rate % config.sample_rate:
-        raise ValueError(
+        raise InputError(
             f"higgs codec: a {hop}-sample hop at {config.sample_rate} Hz is not a whole number of samples at the "
             f"semantic model's {config.semantic_sample_rate} Hz"
         )
@@ -175,7 +176,7 @@ def _higgs_hop_length(config: HiggsAudioV2TokenizerConfig) -> int:
     semantic_stride = math.prod(getattr(semantic, "conv_stride", (config.downsample_factor,)))
     step = config.semantic_downsample_factor
     if step < 1 or semantic_stride * step != semantic_hop or math.prod(config.strides) != 1:
-        raise ValueError(
+        raise InputError(
             f"higgs codec: semantic branch frame hop (model stride {semantic_stride} x step {step} x encoder strides "
             f"{list(config.strides)}) != acoustic hop {semantic_hop} samples at {config.semantic_sample_rate} Hz; "
             f"set downsample_factor={semantic_stride} and an acoustic hop that is a multiple of it"
@@ -218,9 +219,9 @@ class HiggsCodec:
             try:
                 codes = self.model.encode(silence, return_dict=False)
             except RuntimeError as err:
-                raise ValueError(f"higgs codec: a {frames}-frame input does not encode ({err})") from err
+                raise InputError(f"higgs codec: a {frames}-frame input does not encode ({err})") from err
         if acoustic_frames != frames or codes.shape[-1] != frames:
-            raise ValueError(
+            raise InputError(
                 f"higgs codec: {frames} x {self.hop_length} samples give {acoustic_frames} acoustic and "
                 f"{codes.shape[-1]} code frames, expected {frames}; the model's frame geometry is inconsistent"
             )

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from data_pipeline.codecs import Codec
 from data_pipeline.encode_rows import encode_rows
+from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject, read_manifest
 from data_pipeline.types import VoiceCloningExample
@@ -52,7 +53,7 @@ class EncodedVoiceCloningDataset(Dataset):
         for rej in self.rejects:
             log.warning("rejected %s line %d (id %s): %s", rej.source, rej.line, rej.id, rej.reason)
         if not self.examples:
-            raise ValueError(f"no usable rows in {manifest}: {len(self.rejects)} rejected")
+            raise InputError(f"no usable rows in {manifest}: all {len(self.rejects)} rejected (reasons logged above)")
 
     @property
     def lengths(self) -> list[int]:

@@ -63,9 +63,10 @@ class PreparedDataset(Dataset):
             raise _not_prepared(self.root, f"it has no {INDEX_FILE} (the prepare run did not finish; run it again)")
         geo = layout.geometry
         if (self.meta["num_codebooks"], self.meta["codebook_size"]) != (geo.num_codebooks, geo.codec_codebook_size):
-            raise ValueError(
+            raise InputError(
                 f"{self.root} holds {self.meta['num_codebooks']} x {self.meta['codebook_size']} codes but the run's "
-                f"codec gives {geo.num_codebooks} x {geo.codec_codebook_size}"
+                f"codec gives {geo.num_codebooks} x {geo.codec_codebook_size}: use the codec the set was prepared "
+                "with, or prepare it again with this one"
             )
         if self.meta.get("reference_pcm") == "none" and layout.options.whisper:
             raise InputError(

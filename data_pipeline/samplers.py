@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Sampler
 
+from data_pipeline.errors import InputError
+
 
 @dataclass(frozen=True)
 class DataPosition:
@@ -87,7 +89,10 @@ class PositionalBatchSampler(Sampler[list[int]]):
     def load_state_dict(self, state: dict) -> None:
         """Accepts `state_dict()` output; a state with only `consumed` (older checkpoints) means the same rank count."""
         if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"checkpoint sampler seed {state['seed']} differs from the run's seed {self.seed}")
+            raise InputError(
+                f"checkpoint sampler seed {state['seed']} differs from the run's seed {self.seed}: resume with the "
+                "seed the run started with (train.seed)"
+            )
         self._resumed_at = None
         consumed = int(state["consumed"])
         if "epoch" in state:
@@ -101,7 +106,7 @@ class ResumableBatchSampler(PositionalBatchSampler):
 
     def __init__(self, num_examples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         if num_examples < batch_size * world_size:
-            raise ValueError(
+            raise InputError(
                 f"dataset has {num_examples} examples; need at least micro_batch_size x world_size = "
                 f"{batch_size} x {world_size}"
             )
@@ -146,10 +151,10 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
         max_batch_size: int = 0,
     ) -> None:
         if not lengths:
-            raise ValueError("no examples to batch")
+            raise InputError("no examples to batch")
         too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
         if too_long:
-            raise ValueError(
+            raise InputError(
                 f"{len(too_long)} example(s) are longer than data.max_tokens={max_tokens} "
                 f"(e.g. index {too_long[0]}: {lengths[too_long[0]]} tokens); raise the budget or filter them"
             )
@@ -162,7 +167,7 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
         self._per_epoch = len(self.epoch_batches(0)) // world_size
         if self._per_epoch == 0:
-            raise ValueError(f"the data makes fewer micro-batches than ranks ({world_size}); lower data.max_tokens")
+            raise InputError(f"the data makes fewer micro-batches than ranks ({world_size}); lower data.max_tokens")
 
     def _pack(self, order: list[int]) -> list[list[int]]:
         batches: list[list[int]] = []

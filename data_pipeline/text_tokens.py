@@ -13,6 +13,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from data_pipeline.errors import InputError
+
 BEGIN_OF_TEXT = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
 START_HEADER = "<|start_header_id|>"
@@ -93,7 +95,7 @@ class SpecialTokenIds:
         vocab = tokenizer.get_vocab()
         missing = [tok for tok in names.values() if tok not in vocab]
         if missing:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} lacks the Higgs Audio special tokens {missing}")
+            raise InputError(f"tokenizer {tokenizer.name_or_path!r} lacks the Higgs Audio special tokens {missing}")
         ids = {field: vocab[tok] for field, tok in names.items()}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids["end_of_text"]
         return cls(**ids, pad=pad)

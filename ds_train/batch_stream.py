@@ -73,6 +73,17 @@ class BatchStream:
     def next_batches(self, count: int) -> list[dict]:
         return [self.next_batch() for _ in range(count)]
 
+    def close(self) -> None:
+        """Shut the DataLoader workers down now (a later `next_batch` starts new ones at the same position).
+
+        Left to interpreter exit, multiprocessing's atexit hook SIGTERMs the still-running persistent workers while
+        torch's SIGCHLD handler is armed, and every rank ends with a "DataLoader worker ... is killed by signal"
+        traceback (the trainer and its stream form a reference cycle, so the iterator is not freed before exit)."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)  # only the multi-process iterator has workers
+        if shutdown is not None:
+            shutdown()  # what the iterator's __del__ does: stop each worker, join it, disarm the SIGCHLD check
+
     def take_wait_seconds(self) -> float:
         waited, self.wait_seconds = self.wait_seconds, 0.0
         return waited

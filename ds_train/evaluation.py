@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from data_pipeline.errors import InputError
 from ds_train.loss import LossSums
 
 log = logging.getLogger("ds_train")
@@ -41,7 +42,7 @@ def rank_share(batches: list[list[int]], rank: int, world_size: int) -> list[tup
     """This rank's (indices, counted) micro-batches. Every rank gets ceil(len(batches) / world_size) of them; the
     ones past the end repeat an earlier batch with counted=False, so each example is counted exactly once."""
     if not batches:
-        raise ValueError("the eval set is empty")
+        raise InputError("the eval set makes no micro-batch (data.eval_manifest / data.eval_prepared is empty)")
     rounds = -(-len(batches) // world_size)
     share = []
     for k in range(rounds):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.collator import VoiceCloningCollator
+from data_pipeline.errors import UsageError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.types import AudioGeometry
 from ds_train.data import BatchPreparer
@@ -107,7 +108,7 @@ def generate_codes(
 def sampling_options(temperature: float, top_k: int) -> dict:
     """transformers `generate` options: greedy at temperature 0, else sampling (top_k 0 = no cut)."""
     if temperature < 0 or top_k < 0:
-        raise ValueError(f"temperature and top_k must be >= 0, got {temperature} and {top_k}")
+        raise UsageError(f"--temperature and --top-k must be >= 0, got {temperature} and {top_k}")
     if temperature == 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_k": top_k or None}

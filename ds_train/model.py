@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import HiggsAudioV2ForConditionalGeneration, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from data_pipeline.errors import InputError
 from data_pipeline.types import IGNORE_INDEX
 from ds_train.loss import LossWeights
 
@@ -48,17 +49,18 @@ def load_whisper_encoder(path: str | Path) -> WhisperEncoder:
     """Encoder weights from a local Whisper checkpoint directory (config.json + *.safetensors)."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"Whisper checkpoint directory {path} has no config.json")
+        raise FileNotFoundError(f"whisper.path {path} is not a Whisper checkpoint folder: it has no config.json")
     config = WhisperConfig.from_pretrained(str(path), local_files_only=True)
     if config.num_mel_bins != 128:
-        raise ValueError(
-            f"{path}: Whisper tower needs 128 mel bins (large-v3 style), checkpoint has {config.num_mel_bins}"
+        raise InputError(
+            f"whisper.path {path}: the Whisper tower needs 128 mel bins (large-v3 style), the checkpoint has "
+            f"{config.num_mel_bins}; use a large-v3 checkpoint, or leave whisper.path unset for whisper.preset"
         )
     encoder = WhisperEncoder(config)
     state: dict[str, torch.Tensor] = {}
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{path}: no .safetensors weights")
+        raise FileNotFoundError(f"whisper.path {path}: no .safetensors weights (save the model with safetensors)")
     for file in files:
         for key, value in load_file(str(file)).items():
             for prefix in ("model.encoder.", "encoder.", ""):
@@ -67,7 +69,10 @@ def load_whisper_encoder(path: str | Path) -> WhisperEncoder:
                     break
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing:
-        raise ValueError(f"{path}: Whisper encoder weights missing {len(missing)} tensors, e.g. {missing[:3]}")
+        raise InputError(
+            f"whisper.path {path}: the Whisper encoder weights lack {len(missing)} tensors, e.g. {missing[:3]}; "
+            "is it a Whisper checkpoint of the size its config.json describes?"
+        )
     return encoder
 
 

@@ -6,6 +6,7 @@ from transformers import HiggsAudioV2Config, WhisperConfig
 
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.types import AudioGeometry
+from ds_train.config import ConfigError
 
 LLM_PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -65,7 +66,7 @@ WHISPER_PRESETS: dict[str, dict] = {
 def llm_config(preset: str, vocab_size: int, special: SpecialTokenIds, geometry: AudioGeometry) -> HiggsAudioV2Config:
     """HiggsAudioV2Config for a preset, with token ids taken from the tokenizer and codebooks from the codec."""
     if preset not in LLM_PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(LLM_PRESETS)}")
+        raise ConfigError(f"unknown model preset {preset!r} (model.preset); choose one of {sorted(LLM_PRESETS)}")
     shape = dict(LLM_PRESETS[preset])
     # Large presets keep the published vocabulary size so memory and FLOPs are representative.
     vocab_size = max(vocab_size, shape.pop("vocab_size", 0))
@@ -87,7 +88,9 @@ def llm_config(preset: str, vocab_size: int, special: SpecialTokenIds, geometry:
 
 def whisper_config(preset: str) -> WhisperConfig:
     if preset not in WHISPER_PRESETS:
-        raise ValueError(f"unknown whisper preset {preset!r}; choose one of {sorted(WHISPER_PRESETS)}")
+        raise ConfigError(
+            f"unknown whisper preset {preset!r} (whisper.preset); choose one of {sorted(WHISPER_PRESETS)}"
+        )
     return WhisperConfig(num_mel_bins=128, max_source_positions=1500, dropout=0.0, **WHISPER_PRESETS[preset])
 
 

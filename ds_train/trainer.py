@@ -321,6 +321,7 @@ class Trainer:
                     result.stopped_by = reason
                     break
         finally:
+            self.batches.close()  # DataLoader workers end before the rank exits (see BatchStream.close)
             stopper.restore()
             self.metrics.close()
         result.final_step = self.step

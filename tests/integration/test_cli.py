@@ -137,6 +137,19 @@ def test_bad_model_path_and_prepared_set_are_named(assets, tmp_path: Path) -> No
                     "python -m data_pipeline.prepare")  # fmt: skip
 
 
+def test_bad_preset_and_unusable_whisper_checkpoint_are_one_line_errors(assets, tmp_path: Path) -> None:
+    """Start-up errors a config or an input causes (they used to be plain ValueErrors with a traceback)."""
+    from transformers import WhisperConfig
+
+    base = [sys.executable, "-m", "ds_train", *train_args(assets, tmp_path / "run"), "data.num_workers=0"]
+    (line,) = _error_lines(_fail([*base, "model.preset=huge"], 3))
+    assert line == "error: unknown model preset 'huge' (model.preset); choose one of ['1b', '3b', 'tiny']"
+    whisper = tmp_path / "whisper80"
+    WhisperConfig(num_mel_bins=80).save_pretrained(str(whisper))  # a Whisper v1/v2 checkpoint's config
+    (line,) = _error_lines(_fail([*base, f"whisper.path={whisper}"], 5))
+    assert line.startswith(f"error: whisper.path {whisper}: the Whisper tower needs 128 mel bins") and "80" in line
+
+
 def test_world_size_mismatch_and_health_halt_have_their_own_codes(assets, tmp_path: Path) -> None:
     run = tmp_path / "run"
     tag = run / "checkpoints" / "global_step2"
