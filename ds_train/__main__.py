@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _setup_logging() -> None:
@@ -83,6 +84,13 @@ def _main(argv: list[str]) -> int:
     p_gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p_gen.add_argument("--top-k", type=int, default=0, help="with sampling: keep the k likeliest codes (0 = all)")
     p_gen.add_argument("--seed", type=int, default=0)
+    p_eval = sub.add_parser("evaluate", help="clone every line of a Seed-TTS-eval list (meta.lst) and measure it")
+    p_eval.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
+    p_eval.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
+    p_eval.add_argument("--list", required=True, help="utt|prompt_text|prompt_wav|infer_text[|gt_wav] per line")
+    p_eval.add_argument("--out", required=True, help="folder for wavs/, results.csv, summary.json/md (resumable)")
+    p_eval.add_argument("--max-seconds", type=float, default=20.0, help="longest audio to generate per line")
+    p_eval.add_argument("--speaker-model", default=None, help="local x-vector model dir for speaker similarity")
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
@@ -117,6 +125,13 @@ def _main(argv: list[str]) -> int:
         out = clone_voice(args.checkpoint, args.ref_audio, args.ref_text, args.text, args.out, args.tag,
                           args.max_seconds, args.temperature, args.top_k, args.seed)  # fmt: skip
         print(f"wrote {out}")
+        return 0
+    if args.command == "evaluate":
+        from ds_train.eval_list import evaluate_list
+
+        summary = evaluate_list(args.checkpoint, args.list, args.out, args.tag, args.max_seconds, args.speaker_model)
+        if summary is not None:
+            print((Path(args.out) / "summary.md").read_text(), end="")
         return 0
     if args.command == "doctor":
         from ds_train.config import load_run_config

@@ -77,6 +77,11 @@ def frame_budget(seconds: float, frame_rate: float, geometry: AudioGeometry) -> 
     return int(seconds * frame_rate) + geometry.num_codebooks + 1
 
 
+def stopped(frames: torch.Tensor, geometry: AudioGeometry) -> bool:
+    """Generated delayed frames [F, C] -> whether an all-EOS frame (the end of every codebook's stream) occurs."""
+    return bool((frames == geometry.stream_eos).all(-1).any())
+
+
 def frames_to_codes(frames: torch.Tensor, geometry: AudioGeometry) -> torch.Tensor:
     """Generated delayed frames [F, C] (starting with the all-BOS frame) -> codec codes [C, T], cut at the first
     all-EOS frame; ids outside the codebook (a stray BOS/EOS) become 0."""
@@ -160,6 +165,41 @@ def generate_frames(
     return out.audio_sequences[0, prompt.ref_frames :].cpu()
 
 
+class VoiceCloner:
+    """A checkpoint loaded once, with its codec, layout and collator, to clone many references (one process)."""
+
+    def __init__(self, checkpoint: str | Path, which: str = "latest", device: torch.device | str | None = None) -> None:
+        from ds_train.build import build_codec
+        from ds_train.checkpoint import load_checkpoint_model
+        from ds_train.data import build_collator, build_layout
+
+        model, tokenizer, cfg, _ = load_checkpoint_model(Path(checkpoint), which)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device)
+        self.codec = build_codec(cfg, self.device)
+        self.geometry = AudioGeometry(self.codec.num_codebooks, self.codec.codebook_size)
+        self.layout = build_layout(cfg, tokenizer, self.geometry)
+        self.collator = build_collator(cfg, tokenizer, self.geometry)
+
+    def clone(
+        self, ref_wave: torch.Tensor, ref_rate: int, ref_text: str, text: str, max_seconds: float = 20.0,
+        temperature: float = 0.0, top_k: int = 0, seed: int | None = 0,
+    ) -> tuple[torch.Tensor, bool]:  # fmt: skip
+        """Reference waveform [S] at `ref_rate` -> (cloned speech [S'] at the codec's rate, whether generation ended
+        with the stream EOS before `max_seconds`)."""
+        from data_pipeline.audio import resample
+        from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
+
+        (ref_codes,) = self.codec.encode([ref_wave], ref_rate)
+        prompt = build_prompt(self.layout, self.collator, ref_text, ref_codes, text,
+                              resample(ref_wave, ref_rate, WHISPER_SAMPLE_RATE))  # fmt: skip
+        max_frames = frame_budget(max_seconds, self.codec.frame_rate, self.geometry)
+        frames = generate_frames(self.model, prompt, max_frames, temperature, top_k, seed)
+        codes = frames_to_codes(frames, self.geometry)
+        wave = self.codec.decode(codes).clamp(-1, 1).cpu() if codes.shape[1] else torch.zeros(0)
+        return wave, stopped(frames, self.geometry)
+
+
 def clone_voice(
     checkpoint: str | Path,
     ref_audio: str | Path,
@@ -175,26 +215,14 @@ def clone_voice(
     """Load a checkpoint and its codec, clone the reference voice speaking `text`, write a wav -> its path."""
     import soundfile as sf
 
-    from data_pipeline.audio import load_mono, resample
-    from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
-    from ds_train.build import build_codec
-    from ds_train.checkpoint import load_checkpoint_model
-    from ds_train.data import build_collator, build_layout
+    from data_pipeline.audio import load_mono
 
-    model, tokenizer, cfg, _ = load_checkpoint_model(Path(checkpoint), which)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    codec = build_codec(cfg, device)
-    geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
-    layout, collator = build_layout(cfg, tokenizer, geometry), build_collator(cfg, tokenizer, geometry)
+    cloner = VoiceCloner(checkpoint, which)
     wave, rate = load_mono(Path(ref_audio))
-    (ref_codes,) = codec.encode([wave], rate)
-    prompt = build_prompt(layout, collator, ref_text, ref_codes, text, resample(wave, rate, WHISPER_SAMPLE_RATE))
-    max_frames = frame_budget(max_seconds, codec.frame_rate, geometry)
-    codes = generate_codes(model, prompt, geometry, max_frames, temperature, top_k, seed)
-    if codes.shape[1] == 0:
+    cloned, _ = cloner.clone(wave, rate, ref_text, text, max_seconds, temperature, top_k, seed)
+    if cloned.numel() == 0:
         raise RuntimeError("the model generated no complete audio frame; train longer or raise --max-seconds")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(out), codec.decode(codes).clamp(-1, 1).numpy(), codec.sample_rate)
+    sf.write(str(out), cloned.numpy(), cloner.codec.sample_rate)
     return out

@@ -24,7 +24,7 @@ import torch
 from data_pipeline.codecs import Codec
 from data_pipeline.delay_pattern import revert_delay
 from data_pipeline.types import AudioGeometry
-from ds_train.generate import frames_to_codes, generate_frames, prompt_from_batch
+from ds_train.generate import frames_to_codes, generate_frames, prompt_from_batch, stopped
 from ds_train.safe_decode import sanitize_codes
 from ds_train.speaker_similarity import SpeakerEncoder
 
@@ -55,9 +55,6 @@ def silence_share(wave: torch.Tensor, sample_rate: int, dbfs: float = SILENT_FRA
     return float((rms < 10 ** (dbfs / 20)).float().mean())
 
 
-def stopped(frames: torch.Tensor, geometry: AudioGeometry) -> bool:
-    """Generated delayed frames [F, C] -> whether an all-EOS frame (the end of every codebook's stream) occurs."""
-    return bool((frames == geometry.stream_eos).all(-1).any())
 
 
 def summarize(samples: list[GeneratedSample]) -> dict[str, float]:

@@ -113,3 +113,18 @@ def tiny_model_and_batch(whisper: bool = True, trainable: bool = True, seed: int
 def inject(trainer, change: Callable[[int, dict], dict]) -> None:
     """Route every collated batch through `change(index, batch)` before the engine sees it."""
     trainer.batches.add_tap(change)
+
+
+def tiny_speaker_model(path: Path) -> Path:
+    """A random-init WavLMForXVector with its feature extractor saved in `path` (a local speaker model)."""
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    config = WavLMConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
+        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        tdnn_dim=(32, 32), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    WavLMForXVector(config).save_pretrained(str(path))
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(path))
+    return path

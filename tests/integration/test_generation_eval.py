@@ -7,25 +7,13 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
 
 from data_pipeline.types import AudioGeometry
-from ds_train.generation_eval import GeneratedSample, GenerationEvaluator, silence_share, stopped, summarize
+from ds_train.generate import stopped
+from ds_train.generation_eval import GeneratedSample, GenerationEvaluator, silence_share, summarize
 from ds_train.speaker_similarity import SpeakerEncoder
 from ds_train.trainer import Trainer
-from tests.helpers import make_config
-
-
-def _speaker_model(path: Path) -> Path:
-    config = WavLMConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
-        conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-        tdnn_dim=(32, 32), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=16,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    WavLMForXVector(config).save_pretrained(str(path))
-    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(path))
-    return path
+from tests.helpers import make_config, tiny_speaker_model
 
 
 def test_silence_and_stop_measures() -> None:
@@ -43,7 +31,7 @@ def test_silence_and_stop_measures() -> None:
 
 
 def test_speaker_similarity_is_a_cosine(tmp_path: Path) -> None:
-    encoder = SpeakerEncoder(_speaker_model(tmp_path / "spk"))
+    encoder = SpeakerEncoder(tiny_speaker_model(tmp_path / "spk"))
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(16000, generator=g) * 0.1, torch.randn(24000, generator=g) * 0.1
     assert math.isclose(encoder.similarity(a, a, 16000), 1.0, abs_tol=1e-5)
@@ -59,7 +47,7 @@ def test_generation_metrics_on_a_real_model(assets, prepared_corpus: Path, tmp_p
     evaluator = GenerationEvaluator(
         trainer.data.dataset, trainer.data.collator, trainer.data.codec, trainer.geometry, 2,
         trainer.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id),
-        SpeakerEncoder(_speaker_model(tmp_path / "spk")),
+        SpeakerEncoder(tiny_speaker_model(tmp_path / "spk")),
     )  # fmt: skip
     values = evaluator.run(trainer.engine.module)
     assert values["eval/gen_samples"] == 2.0

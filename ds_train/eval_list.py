@@ -1,0 +1,212 @@
+"""`python -m ds_train evaluate`: clone every line of a Seed-TTS-eval test list with a checkpoint and measure it.
+
+    python -m ds_train evaluate --checkpoint runs/exp1 [--tag best] --list meta.lst --out eval_out \
+        [--speaker-model DIR] [--max-seconds 20]
+
+The list is Seed-TTS-eval's `meta.lst`: one line per utterance, `utt|prompt_text|prompt_wav|infer_text[|gt_wav]`,
+paths relative to the list. For every line the cloned speech goes to `wavs/<utt>.wav` and its measures to
+`items/<utt>.json` (written last: a line with its json is done, so a re-run resumes where it stopped). At the end,
+`results.csv` (one row per utterance) and `summary.json` / `summary.md`: stop rate, duration ratio, silence share,
+real-time factor and, with `--speaker-model`, speaker similarity to the prompt; with `gt_wav`, the same for the
+ground truth as the reference row. Lines that cannot be used (wrong field count, missing wav, empty text) are reported
+by line number in `rejects.jsonl` and skipped. Under a launcher (`deepspeed --module ds_train evaluate ...`) each rank
+clones every world-size-th line; rank 0 writes the summary. Intelligibility (WER) needs an ASR model and is not
+computed yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from data_pipeline.audio import load_mono
+from data_pipeline.errors import InputError
+from data_pipeline.manifest import Reject, text_lines
+from ds_train.distributed import device_for, init_distributed
+from ds_train.generate import VoiceCloner
+from ds_train.generation_eval import silence_share
+from ds_train.speaker_similarity import SpeakerEncoder
+
+log = logging.getLogger("ds_train")
+
+
+@dataclass(frozen=True)
+class ListItem:
+    line: int
+    utt: str
+    prompt_text: str
+    prompt_wav: Path
+    text: str
+    gt_wav: Path | None
+
+
+@dataclass
+class ItemResult:
+    utt: str
+    seconds: float
+    stopped: bool
+    silence_share: float
+    rtf: float  # generation time / generated audio duration
+    speaker_sim: float | None = None
+    gt_seconds: float | None = None
+    duration_ratio: float | None = None
+    gt_silence_share: float | None = None
+    gt_speaker_sim: float | None = None
+
+
+def read_list(path: Path) -> tuple[list[ListItem], list[Reject]]:
+    """-> (usable lines, rejects naming line and reason); every non-blank line is one or the other."""
+    items: list[ListItem] = []
+    rejects: list[Reject] = []
+    seen: set[str] = set()
+    for line_no, text in text_lines(path):
+        if isinstance(text, Reject):
+            rejects.append(text)
+            continue
+        if not text.strip():
+            continue
+        fields = [f.strip() for f in text.split("|")]
+        utt = fields[0]
+        reason = _problem(path, fields, seen)
+        if reason:
+            rejects.append(Reject(str(path), line_no, utt or None, reason))
+            continue
+        seen.add(utt)
+        gt = path.parent / fields[4] if len(fields) == 5 and fields[4] else None
+        items.append(ListItem(line_no, utt, fields[1], path.parent / fields[2], fields[3], gt))
+    return items, rejects
+
+
+def _problem(path: Path, fields: list[str], seen: set[str]) -> str:
+    """Why a split list line cannot be used, or ""."""
+    if len(fields) not in (4, 5):
+        return f"expected 4 or 5 fields utt|prompt_text|prompt_wav|infer_text[|gt_wav], got {len(fields)}"
+    if not fields[0] or "/" in fields[0] or fields[0] in seen:
+        return f"utterance id {fields[0]!r} is empty, a path or a duplicate"
+    if not fields[1] or not fields[3]:
+        return "empty prompt_text or infer_text"
+    if not (path.parent / fields[2]).is_file():
+        return f"prompt wav {path.parent / fields[2]} not found"
+    if len(fields) == 5 and fields[4] and not (path.parent / fields[4]).is_file():
+        return f"gt wav {path.parent / fields[4]} not found"
+    return ""
+
+
+class ListEvaluator:
+    def __init__(self, cloner: VoiceCloner, out: Path, max_seconds: float, speaker: SpeakerEncoder | None) -> None:
+        self.cloner, self.out, self.max_seconds, self.speaker = cloner, out, max_seconds, speaker
+
+    def run_item(self, item: ListItem) -> ItemResult:
+        done = self.out / "items" / f"{item.utt}.json"
+        if done.is_file():
+            return ItemResult(**json.loads(done.read_text()))
+        prompt, prompt_rate = load_mono(item.prompt_wav)
+        started = time.perf_counter()
+        wave, stopped = self.cloner.clone(prompt, prompt_rate, item.prompt_text, item.text, self.max_seconds)
+        rate = self.cloner.codec.sample_rate
+        seconds = wave.numel() / rate
+        result = ItemResult(item.utt, seconds, stopped, silence_share(wave, rate),
+                            (time.perf_counter() - started) / max(seconds, 1e-6))  # fmt: skip
+        if self.speaker is not None and wave.numel():
+            result.speaker_sim = self._similarity(wave, rate, prompt, prompt_rate)
+        if item.gt_wav is not None:
+            gt, gt_rate = load_mono(item.gt_wav)
+            result.gt_seconds = gt.numel() / gt_rate
+            result.duration_ratio = seconds / max(result.gt_seconds, 1e-6)
+            result.gt_silence_share = silence_share(gt, gt_rate)
+            if self.speaker is not None:
+                result.gt_speaker_sim = self._similarity(gt, gt_rate, prompt, prompt_rate)
+        wav = self.out / "wavs" / f"{item.utt}.wav"
+        _write_atomic(wav, lambda p: sf.write(str(p), wave.numpy(), rate, format="WAV"))
+        _write_atomic(done, lambda p: p.write_text(json.dumps(asdict(result))))
+        return result
+
+    def _similarity(self, a: torch.Tensor, rate_a: int, b: torch.Tensor, rate_b: int) -> float:
+        from data_pipeline.audio import resample
+
+        return self.speaker.similarity(a, resample(b, rate_b, rate_a), rate_a)
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def summarize(results: list[ItemResult], rejects: list[Reject]) -> dict:
+    generated = {
+        "utterances": len(results),
+        "stop_rate": _mean([float(r.stopped) for r in results]),
+        "duration_ratio": _mean([r.duration_ratio for r in results]),
+        "silence_share": _mean([r.silence_share for r in results]),
+        "speaker_sim": _mean([r.speaker_sim for r in results]),
+        "rtf": _mean([r.rtf for r in results]),
+        "wer": None,
+    }
+    with_gt = [r for r in results if r.gt_seconds is not None]
+    ground_truth = {
+        "utterances": len(with_gt), "stop_rate": None, "duration_ratio": 1.0 if with_gt else None,
+        "silence_share": _mean([r.gt_silence_share for r in with_gt]),
+        "speaker_sim": _mean([r.gt_speaker_sim for r in with_gt]), "rtf": None, "wer": None,
+    }  # fmt: skip
+    return {"generated": generated, "ground_truth": ground_truth, "rejected_lines": len(rejects)}
+
+
+def _markdown(summary: dict) -> str:
+    keys = ["utterances", "wer", "speaker_sim", "stop_rate", "duration_ratio", "silence_share", "rtf"]
+    rows = ["| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in ("generated", "ground_truth"):
+        cells = [("n/a" if summary[name][k] is None else f"{summary[name][k]:.4g}") for k in keys]
+        rows.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\n{summary['rejected_lines']} list lines rejected (see rejects.jsonl).\n"
+
+
+def evaluate_list(
+    checkpoint: str | Path, list_path: str | Path, out: str | Path, which: str = "latest", max_seconds: float = 20.0,
+    speaker_model: str | None = None,
+) -> dict | None:  # fmt: skip
+    """Clone and measure this rank's lines; rank 0 then writes the CSV and summary -> the summary (None elsewhere)."""
+    list_path, out = Path(list_path), Path(out)
+    if not list_path.is_file():
+        raise InputError(f"test list {list_path} does not exist")
+    rank, local, world = init_distributed() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else (0, 0, 1)
+    items, rejects = read_list(list_path)
+    for r in rejects:
+        log.warning("%s line %d (%s): %s; skipped", list_path, r.line, r.id, r.reason)
+    device = device_for(local)
+    cloner = VoiceCloner(checkpoint, which, device)
+    speaker = SpeakerEncoder(speaker_model, device) if speaker_model else None
+    evaluator = ListEvaluator(cloner, out, max_seconds, speaker)
+    mine = items[rank::world]
+    for item in tqdm(mine, desc=f"evaluate rank {rank}", unit="utt", disable=rank != 0, dynamic_ncols=True):
+        evaluator.run_item(item)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        return None
+    results = [ItemResult(**json.loads((out / "items" / f"{i.utt}.json").read_text())) for i in items]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0]) if results else ItemResult.__annotations__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in results)
+    (out / "rejects.jsonl").write_text("".join(r.to_json() + "\n" for r in rejects))
+    summary = summarize(results, rejects)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(_markdown(summary))
+    return summary
