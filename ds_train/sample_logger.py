@@ -1,5 +1,6 @@
 """Every N steps (rank 0): the prompt as text, and the reference, target and teacher-forced predicted audio decoded
-through the codec, to TensorBoard. All ids pass through `safe_decode` first; nothing here raises into training."""
+through the codec, to TensorBoard, with their mel spectrograms side by side on one colour scale (and, at evaluations,
+the generated audio next to them). All ids pass through `safe_decode` first; nothing here raises into training."""
 
 from __future__ import annotations
 
@@ -30,6 +31,34 @@ def audio_spans(input_ids: torch.Tensor, special: SpecialTokenIds, audio_token: 
     return counts
 
 
+def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int = 80) -> torch.Tensor:
+    """waveform [S] -> log-mel spectrogram [n_mels, frames] in dB (floored at -100 dB)."""
+    from torchaudio.transforms import MelSpectrogram
+
+    hop = max(1, sample_rate // 100)
+    mel = MelSpectrogram(sample_rate, n_fft=4 * hop, hop_length=hop, n_mels=n_mels)(wave.float().cpu())
+    return 10 * mel.clamp(min=1e-10).log10()
+
+
+def spectrogram_figure(waves: dict[str, torch.Tensor], sample_rate: int):
+    """One matplotlib figure: the log-mel spectrogram of each waveform side by side, labelled, on one colour scale."""
+    from matplotlib.figure import Figure
+
+    mels = {name: log_mel(w, sample_rate) for name, w in waves.items() if w.numel() > 0}
+    figure = Figure(figsize=(4 * max(1, len(mels)), 3), layout="constrained")
+    top = max((float(m.max()) for m in mels.values()), default=0.0)
+    for i, (name, mel) in enumerate(mels.items()):
+        ax = figure.add_subplot(1, len(mels), i + 1)
+        image = ax.imshow(mel.numpy(), origin="lower", aspect="auto", vmin=top - 80, vmax=top, cmap="magma",
+                          extent=(0, mel.shape[1] / 100, 0, mel.shape[0]))  # fmt: skip
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("mel bin" if i == 0 else "")
+    if mels:
+        figure.colorbar(image, ax=figure.axes, label="dB")
+    return figure
+
+
 class SampleLogger:
     def __init__(self, writer, tokenizer, codec, geometry: AudioGeometry, audio_token: int, delay_token: int) -> None:
         self.writer = writer
@@ -39,6 +68,7 @@ class SampleLogger:
         self.special = SpecialTokenIds.from_tokenizer(tokenizer)
         self.audio_token, self.delay_token = audio_token, delay_token
         self.invalid_ids = 0
+        self.last_waves: dict[str, dict[str, torch.Tensor]] = {}  # prefix -> the last logged sample's decoded audio
 
     def _target_text_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """The last user turn's tokens (the text the target audio speaks), from one sample's input_ids [L]."""
@@ -73,6 +103,11 @@ class SampleLogger:
                 return
             wave = self.codec.decode(sanitize_codes(codes, self.geometry.codec_codebook_size)[0]).clamp(-1, 1)
             self.writer.add_audio(tag, wave.unsqueeze(0), step, sample_rate=self.codec.sample_rate)
+            prefix = tag.split("/")[0]
+            if prefix in self.last_waves:  # next to the same sample's reference, target and teacher-forced prediction
+                waves = {**self.last_waves[prefix], tag.split("/")[-1]: wave}
+                figure = spectrogram_figure(waves, self.codec.sample_rate)
+                self.writer.add_figure(f"{prefix}/spectrograms_generated", figure, step)
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("logging %s at step %d failed and was skipped: %s: %s", tag, step, type(err).__name__, err)
 
@@ -102,7 +137,10 @@ class SampleLogger:
             keep = labels[predicted_at] != IGNORE_INDEX
             predicted[predicted_at] = torch.where(keep, preds, tgt_frames[predicted_at])
         sr = self.codec.sample_rate
+        waves = {}
         for name, fr in (("reference", ref_frames), ("target", tgt_frames), ("predicted_teacher_forced", predicted)):
-            wave = self.codec.decode(self._codes(fr)).clamp(-1, 1)
-            self.writer.add_audio(f"{prefix}/{name}", wave.unsqueeze(0), step, sample_rate=sr)
+            waves[name] = self.codec.decode(self._codes(fr)).clamp(-1, 1)
+            self.writer.add_audio(f"{prefix}/{name}", waves[name].unsqueeze(0), step, sample_rate=sr)
+        self.writer.add_figure(f"{prefix}/spectrograms", spectrogram_figure(waves, sr), step)
+        self.last_waves[prefix] = waves
         self.writer.add_scalar("monitor/invalid_ids_in_logging", self.invalid_ids, step)

@@ -77,7 +77,7 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     assert pointed_tag(tmp_path / "checkpoints", BEST_FILE) == f"global_step{best_step}"
     assert (tmp_path / "checkpoints" / "global_step2").is_dir()
     # A held-out sample is decoded to TensorBoard at each evaluation, next to the training samples.
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0, "images": 0})
     acc.Reload()
     assert [e.step for e in acc.Audio("eval_samples/predicted_teacher_forced")] == [2, 3]
     # ...and generated free-running (greedy) from that sample's prompt.
@@ -87,6 +87,9 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     assert scalars["eval/gen_samples"] == {2: 4.0, 3: 4.0}
     assert all(0 <= scalars[f"eval/gen_{k}"][3] <= 1 for k in ("stop_rate", "silence_share"))
     assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(acc.Tags()["audio"])
+    # ...and their mel spectrograms side by side (reference | target | teacher-forced | generated)
+    assert [e.step for e in acc.Images("eval_samples/spectrograms_generated")] == [2, 3]
+    assert acc.Images("samples/spectrograms")[0].width > acc.Images("samples/spectrograms")[0].height
 
 
 def test_eval_config_errors(assets, tmp_path: Path) -> None:
