@@ -15,7 +15,6 @@ predict token t. Never shift here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +26,8 @@ from data_pipeline.types import IGNORE_INDEX, AudioGeometry, VoiceCloningExample
 from data_pipeline.whisper_features import WHISPER_CHUNK_SAMPLES
 
 SYSTEM_PROMPT = "Generate audio following instruction."
-# Whisper: 100 mel frames/s, conv stride 2 -> 50/s, then 2x average pooling -> 25 tokens/s (640 samples at 16 kHz).
-WHISPER_SAMPLES_PER_TOKEN = 640
+# Whisper: 100 mel frames/s (hop 160 samples at 16 kHz), conv stride 2 -> 50/s, then 2x average pooling -> 25/s.
+WHISPER_HOP_SAMPLES = 160
 
 
 @dataclass
@@ -41,8 +40,16 @@ class LayoutOptions:
 
 
 def whisper_token_count(num_samples: int) -> int:
-    """Number of <|AUDIO|> positions a chunk of `num_samples` 16 kHz samples fills (at most 750 per 30 s chunk)."""
-    return max(1, math.ceil(num_samples / WHISPER_SAMPLES_PER_TOKEN))
+    """Number of <|AUDIO|> positions a chunk of `num_samples` 16 kHz samples fills (at most 750 per 30 s chunk).
+
+    The original trainer's count (boson-ai/higgs-audio, `_get_feat_extract_output_lengths` of its Whisper tower on
+    the feature extractor's attention mask): mel frames that start inside the audio, ceil(n / 160); the stride-2 conv
+    keeps (frames - 1) // 2 + 1; the kernel-2 stride-2 average pooling keeps (conv - 2) // 2 + 1, so a trailing
+    half-pair is dropped, never padded. One difference: a chunk of 320 samples or fewer (20 ms: only ever the tail of a
+    reference longer than 30 s) gets 1 position here, 0 there, so every chunk keeps its span."""
+    frames = -(-num_samples // WHISPER_HOP_SAMPLES)  # ceil
+    conv = (frames - 1) // 2 + 1
+    return max(1, (conv - 2) // 2 + 1)
 
 
 def _chunk_lengths(num_samples: int) -> list[int]:

@@ -87,6 +87,28 @@ class WhisperSection(_Section):
     # where log-mel features are computed: loader (DataLoader workers, CPU) | device (training device, after the
     # batch is moved there) | auto (device on a GPU, else loader)
     features_on: Literal["auto", "loader", "device"] = "auto"
+    # Alignment phase for a pretrained LLM that never saw Whisper embeddings (the published Higgs Audio v2 skips the
+    # tower): for the first `align_steps` optimizer steps only the projector (and the encoder with `align_encoder`)
+    # trains, at the constant LR `align_lr`; every other weight is held (LR 0). Then the normal warmup + cosine
+    # schedule runs over the remaining train.max_steps - align_steps steps for everything the config unfreezes.
+    align_steps: int = 0
+    align_lr: float = 1e-4
+    align_encoder: bool = False
+
+    def check(self, section: str) -> None:
+        if self.align_steps < 0:
+            raise ConfigError(f"{section}.align_steps must be >= 0 (0 = no alignment phase), got {self.align_steps}")
+        if self.align_steps > 0 and not self.enabled:
+            raise ConfigError(
+                f"{section}.align_steps={self.align_steps} needs {section}.enabled=true (it aligns the Whisper "
+                f"projector); set {section}.align_steps=0"
+            )
+        if self.align_steps > 0 and not self.align_lr > 0:
+            raise ConfigError(f"{section}.align_lr must be > 0, got {self.align_lr}")
+        if self.align_steps > 0 and self.align_encoder and not self.trainable:
+            raise ConfigError(
+                f"{section}.align_encoder=true but {section}.trainable=false freezes the encoder; set one of them"
+            )
 
 
 @dataclass
@@ -248,6 +270,11 @@ class RunConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        if self.whisper.align_steps and self.whisper.align_steps >= self.train.max_steps:
+            raise ConfigError(
+                f"whisper.align_steps={self.whisper.align_steps} must be < train.max_steps={self.train.max_steps}: "
+                "the alignment phase would leave no step to train the rest"
+            )
 
 
 # Fields holding file paths, resolved against the YAML file's folder.

@@ -1,8 +1,8 @@
 """The voice-cloning model: transformers' HiggsAudioV2ForConditionalGeneration plus a Whisper reference-audio tower.
 
-The Whisper tower (WhisperEncoder -> 2x average pooling to 25 Hz -> linear projector) turns the reference waveform's
-features into LLM-width embeddings that replace the token embeddings at `<|AUDIO|>` positions. Codec codes enter the
-LLM through its own `embed_audio_tokens` at `<|AUDIO_OUT|>` / delay positions.
+The Whisper tower (WhisperEncoder layers -> 2x average pooling to 25 Hz -> final layer norm -> linear projector) turns
+the reference waveform's features into LLM-width embeddings that replace the token embeddings at `<|AUDIO|>`
+positions. Codec codes enter the LLM through its own `embed_audio_tokens` at `<|AUDIO_OUT|>` / delay positions.
 
 The loss is computed here, only at positions whose next token is labelled, so no [B, L, C*K] logit tensor is built.
 Position t predicts the token at t+1 (inputs and labels arrive aligned; the shift happens once, here). With
@@ -30,18 +30,31 @@ PROJECTOR_FILE = "projector.safetensors"
 
 
 class WhisperTower(nn.Module):
-    """features [N, 128, 3000] -> embeddings [N, 750, llm_hidden] (25 Hz)."""
+    """features [N, 128, 3000] -> embeddings [N, 750, llm_hidden] (25 Hz).
+
+    The order of the original Higgs Audio tower (boson-ai/higgs-audio's HiggsAudioEncoder): Whisper conv + layers
+    [N, 1500, d] -> 2x average pooling [N, 750, d] -> the encoder's final layer norm -> linear projector. Pooling
+    before the norm hands the projector unit-scale tokens (averaging normed frames would shrink them wherever adjacent
+    frames disagree). It runs as a forward pre-hook on the encoder's `layer_norm`, so the parameter names stay those
+    of a plain WhisperEncoder: Whisper checkpoints and exported towers load unchanged."""
 
     def __init__(self, encoder: WhisperEncoder, llm_hidden_size: int) -> None:
         super().__init__()
+        if getattr(encoder, "_pools_before_norm", False):
+            raise ValueError("this WhisperEncoder already belongs to a WhisperTower (it would pool twice)")
         self.encoder = encoder
         self.pool = nn.AvgPool1d(kernel_size=2, stride=2)
         self.projector = nn.Linear(encoder.config.d_model, llm_hidden_size)
+        encoder.layer_norm.register_forward_pre_hook(self._pool_before_norm)
+        encoder._pools_before_norm = True
+
+    def _pool_before_norm(self, _norm: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]  # [N, 1500, d_model]: the last encoder layer's output
+        return (self.pool(hidden.transpose(1, 2)).transpose(1, 2), *args[1:])  # [N, 750, d_model]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         dtype = self.projector.weight.dtype
-        hidden = self.encoder(features.to(dtype)).last_hidden_state  # [N, 1500, d_model]
-        hidden = self.pool(hidden.transpose(1, 2)).transpose(1, 2)  # [N, 750, d_model]
+        hidden = self.encoder(features.to(dtype)).last_hidden_state  # [N, 750, d_model]: pooled, then normed
         return self.projector(hidden)
 
 

@@ -24,7 +24,7 @@ from ds_train.config import MonitorSection
 from ds_train.grad_norms import full_param
 from ds_train.health import HealthCheck, HealthError
 from ds_train.parts import part_of
-from ds_train.schedule import highest_lr, lr_at
+from ds_train.schedule import ROLE_ALIGN, group_lr_at, highest_lr, is_held
 
 log = logging.getLogger("ds_train")
 
@@ -46,12 +46,14 @@ class Finding:
 
 
 def apply_lr_floor(optimizer: torch.optim.Optimizer, min_lr: float) -> tuple[float, float]:
-    """Clamp every param group's LR to >= min_lr. -> (lowest scheduled LR, lowest effective LR)."""
-    scheduled = min(group["lr"] for group in optimizer.param_groups)
-    for group in optimizer.param_groups:
+    """Clamp every param group's LR to >= min_lr, except groups the Whisper alignment phase holds at 0 (is_held).
+    -> (lowest scheduled LR, lowest effective LR) of the groups that train."""
+    groups = [group for group in optimizer.param_groups if not is_held(group)]
+    scheduled = min(group["lr"] for group in groups)
+    for group in groups:
         if not group["lr"] >= min_lr:  # also catches NaN
             group["lr"] = min_lr
-    return scheduled, min(group["lr"] for group in optimizer.param_groups)
+    return scheduled, min(group["lr"] for group in groups)
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,18 @@ class ScheduleReference:
     min_lr: float
     warmup: int
     total: int
+    align_steps: int = 0  # whisper.align_steps: the first steps train only the Whisper projector, at align_lr
+    align_lr: float = 0.0
 
     def at(self, step: int) -> float:
-        """LR of optimizer step `step` (1-based)."""
-        return lr_at(step - 1, self.peak, self.min_lr, self.warmup, self.total)
+        """LR of optimizer step `step` (1-based) for the groups that train (the align group during alignment)."""
+        return group_lr_at(
+            ROLE_ALIGN, step - 1, self.peak, self.min_lr, self.warmup, self.total, self.align_steps, self.align_lr
+        )
 
     def highest(self) -> float:
-        return highest_lr(self.peak, self.min_lr, self.warmup, self.total)
+        """Highest LR of the main schedule (after any alignment phase)."""
+        return highest_lr(self.peak, self.min_lr, self.warmup, self.total - self.align_steps)
 
 
 # Checks reported once per optimizer step (others, like those of an evaluation, report on their own schedule).

@@ -16,6 +16,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from ds_train.align import check_align, optimizer_param_groups, trained_part_norms
 from ds_train.batch_checks import BatchRules
 from ds_train.batch_stream import BatchStream
 from ds_train.build import build_model, build_tokenizer
@@ -101,12 +102,14 @@ class Trainer:
                 f"[health:grad_norm] every parameter is frozen (model.freeze={cfg.model.freeze!r}, "
                 f"whisper.trainable={cfg.whisper.trainable}): nothing can learn, the grad norm would be 0"
             ))  # fmt: skip
+        check_align(cfg, self.ds_config)
+        w = cfg.whisper
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            model_parameters=optimizer_param_groups(model, cfg),  # per align_role with whisper.align_steps
             config=self.ds_config,
             lr_scheduler=None if "scheduler" in self.ds_config else (
-                lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps)
+                lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps, w.align_steps, w.align_lr)
             ),
         )  # fmt: skip
 
@@ -114,7 +117,9 @@ class Trainer:
         sampler = build_sampler(cfg, self.data.dataset, self.rank, self.world_size)
         self.monitor = HealthMonitor(
             cfg.monitor, self._batch_rules(), self.device,
-            None if "scheduler" in self.ds_config else ScheduleReference(t.lr, t.min_lr, t.warmup_steps, t.max_steps),
+            None if "scheduler" in self.ds_config else ScheduleReference(
+                t.lr, t.min_lr, t.warmup_steps, t.max_steps, w.align_steps, w.align_lr
+            ),
         )  # fmt: skip
         self.batches = BatchStream(sampler, self._loader, cfg.data.max_bad_fraction, self.monitor.screen)
         self.best_eval = BestEval(t.keep_best)
@@ -169,7 +174,7 @@ class Trainer:
         weights = LossWeights.for_step(counts, len(micro_batches), self.world_size)
         sums, first = self.forward_backward(micro_batches, weights)
         part_norms = part_grad_norms(self.engine.module) if parts_due else None
-        self.monitor.snapshot_params(self.engine.module, part_norms)
+        self.monitor.snapshot_params(self.engine.module, trained_part_norms(part_norms, self.optimizer, self.cfg))
         self.engine.step()  # the accumulation boundary: the optimizer step
         ds_norm = self.engine.get_global_grad_norm()
         grad_norm = float(ds_norm) if ds_norm is not None else part_norms["total"]

@@ -1,54 +1,67 @@
 """The step objective does not depend on how the step's examples are cut into micro-batches (issue 12): the same
-8 examples as one micro-batch, as 4 accumulated micro-batches, and as the token-budget sampler's uneven micro-batches
-give the same gradient (fp32, 1e-5 relative), through the real trainer and DeepSpeed engine."""
+8 examples as one micro-batch, as 4 accumulated micro-batches, as the token-budget sampler's uneven micro-batches and
+across 2 ranks (the real deepspeed launcher, CPU) give the same gradient (fp32, 1e-5 relative), through the real
+trainer and DeepSpeed engine."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
-from deepspeed.utils import safe_get_full_grad
 
 from data_pipeline.samplers import TokenBudgetBatchSampler
-from ds_train.batch_stream import BatchStream
-from ds_train.loss import LabelCounts, LossWeights
 from ds_train.trainer import Trainer
-from tests.helpers import make_config
+from tests.helpers import REPO, command_env, free_port
+from tests.integration._two_rank_gradient import EXAMPLES, RANK_EXAMPLES, gradient_config, step_gradient
 
-EXAMPLES = list(range(8))
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
+SCRIPT = Path(__file__).with_name("_two_rank_gradient.py")
 
 
-def _step_gradient(assets, out: Path, groups: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+def _step_gradient(assets, prepared: Path, out: Path, groups: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
     """-> (the step's full gradient, flattened; label counts per micro-batch) with `groups` as the micro-batches."""
-    cfg = make_config(assets, out, "data.micro_batch_size=2", f"train.gradient_accumulation_steps={len(groups)}",
-                      "monitor.decode_every=0", "train.tensorboard=false")  # fmt: skip
-    trainer = Trainer(cfg)
-    data = trainer.data
-    batches = [data.collator([data.dataset[i] for i in group]) for group in groups]
-    trainer.batches = BatchStream(trainer.batches.sampler, lambda _: iter(batches), 1.0)
-    micro_batches = trainer.batches.next_batches(len(groups))
-    weights = LossWeights.for_step(LabelCounts.of_step(micro_batches, False, trainer.device), len(groups), 1)
-    trainer.forward_backward(micro_batches, weights)
-    module = trainer.engine.module
-    grads = [safe_get_full_grad(p).detach().flatten().clone() for p in module.parameters() if p.requires_grad]
-    labels = [int(LabelCounts.of_batch(b, False).audio[0]) for b in micro_batches]
-    return torch.cat(grads), labels
+    trainer = Trainer(gradient_config(prepared, assets.codec_file, out, len(groups)))
+    return step_gradient(trainer, groups)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm())
 
 
-def test_gradient_is_the_same_however_the_step_is_cut(assets, tmp_path: Path) -> None:
-    whole, _ = _step_gradient(assets, tmp_path / "one", [EXAMPLES])
-    accumulated, labels = _step_gradient(assets, tmp_path / "four", [EXAMPLES[i : i + 2] for i in range(0, 8, 2)])
+def test_gradient_is_the_same_however_the_step_is_cut(assets, prepared_corpus, tmp_path: Path) -> None:
+    whole, _ = _step_gradient(assets, prepared_corpus, tmp_path / "one", [EXAMPLES])
+    four = [EXAMPLES[i : i + 2] for i in range(0, 8, 2)]
+    accumulated, labels = _step_gradient(assets, prepared_corpus, tmp_path / "four", four)
     assert len(set(labels)) > 1  # micro-batches with different label counts: a per-micro-batch mean would differ
     assert _close(whole, accumulated) < 1e-5
 
-    probe = Trainer(make_config(assets, tmp_path / "probe", "train.tensorboard=false"))
+    probe = Trainer(gradient_config(prepared_corpus, assets.codec_file, tmp_path / "probe", 1))
     lengths = [probe.data.dataset.lengths[i] for i in EXAMPLES]
     sampler = TokenBudgetBatchSampler(lengths, max(lengths) * 3, seed=0, bucket_batches=1)
     uneven = [[EXAMPLES[i] for i in batch] for batch in sampler.epoch_batches(0)]
     assert sorted(i for batch in uneven for i in batch) == EXAMPLES and len({len(b) for b in uneven}) > 1
-    budgeted, _ = _step_gradient(assets, tmp_path / "budget", uneven)
+    budgeted, _ = _step_gradient(assets, prepared_corpus, tmp_path / "budget", uneven)
     assert _close(whole, budgeted) < 1e-5
+
+
+def test_gradient_across_two_ranks_equals_the_whole_batch(assets, prepared_corpus, tmp_path: Path) -> None:
+    """Rank r of a real 2-rank launch takes RANK_EXAMPLES[r]; the reduced gradient equals one rank's whole batch."""
+    grad_file, port = tmp_path / "two_rank_grad.pt", free_port()
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), "--no_local_rank", str(SCRIPT), str(grad_file),
+           str(prepared_corpus), str(assets.codec_file), str(tmp_path / "two")]  # fmt: skip
+    env = dict(command_env(), PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-5000:]}"
+    )
+    two_ranks = torch.load(grad_file)
+
+    whole, labels = _step_gradient(assets, prepared_corpus, tmp_path / "one", [EXAMPLES])
+    halves = [_step_gradient(assets, prepared_corpus, tmp_path / f"half{r}", [RANK_EXAMPLES[r]]) for r in range(2)]
+    assert two_ranks["labels"] == halves[0][1] and halves[0][1] != halves[1][1]  # uneven label counts across ranks
+    assert _close(whole, two_ranks["grad"]) < 1e-5
+    # What DeepSpeed's plain average of per-rank means would give: far from the token-weighted gradient.
+    per_rank_mean = (halves[0][0] + halves[1][0]) / 2
+    assert _close(whole, per_rank_mean) > 1e-3

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from transformers import HiggsAudioV2Processor
+from transformers import HiggsAudioV2Processor, WhisperFeatureExtractor
 
 from data_pipeline.delay_pattern import add_stream_markers_and_delay, revert_delay
 from data_pipeline.layout import LayoutBuilder, LayoutOptions, whisper_token_count
@@ -169,3 +170,24 @@ def test_layout_matches_transformers_higgs_audio_processor() -> None:
     not_eos = our_tgt != geo.stream_eos
     assert torch.equal(their_tgt[not_eos], our_tgt[not_eos])
     assert (their_tgt[~not_eos] == IGNORE_INDEX).all() and (ours.audio_labels[:n_ref] == IGNORE_INDEX).all()
+
+
+def _original_audio_in_count(num_samples: int) -> int:
+    """<|AUDIO|> embeddings boson-ai/higgs-audio places for one chunk: its Whisper feature extractor's attention mask
+    (padding="max_length") summed, then its tower's `_get_feat_extract_output_lengths` (conv stride 2, then the
+    kernel-2 stride-2 average pooling)."""
+    extractor = WhisperFeatureExtractor(feature_size=128)
+    mask = extractor([np.zeros(num_samples, np.float32)], sampling_rate=16000, return_attention_mask=True,
+                     padding="max_length")["attention_mask"]  # fmt: skip
+    conv = (int(mask.sum()) - 1) // 2 + 1
+    return (conv - 2) // 2 + 1
+
+
+@pytest.mark.parametrize("num_samples", [480000, 16000, 3997, 4000, 641, 960, 961, 1280, 12345, 479999, 321])
+def test_whisper_token_count_matches_the_original_formula(num_samples: int) -> None:
+    assert whisper_token_count(num_samples) == _original_audio_in_count(num_samples)
+
+
+def test_whisper_token_count_keeps_one_position_for_a_tiny_tail_chunk() -> None:
+    for n in (100, 320):  # the one documented difference
+        assert _original_audio_in_count(n) == 0 and whisper_token_count(n) == 1
