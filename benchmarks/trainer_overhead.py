@@ -1,5 +1,5 @@
-"""Trainer overhead: median optimizer-step time of ds_train's `Trainer.train_step` (monitor, metrics, LR floor,
-periodic per-part norms) against a bare `engine(batch); engine.backward(loss); engine.step()` loop, on the same
+"""Trainer overhead: median optimizer-step time of ds_train's `Trainer.train_step` (batch checks, monitor, metrics,
+LR floor, periodic per-part norms) against a bare `engine(batch); engine.backward(loss); engine.step()` loop, on the same
 DeepSpeed engine and the same pre-collated batches, interleaved step by step in one process.
 
     python -m benchmarks.trainer_overhead [--preset tiny|mid] [--steps 40] [--ds zero2_fp32.json]
@@ -49,8 +49,8 @@ def main() -> None:
     data, sampler = trainer.data, trainer.batches.sampler
     batches = [data.collator([data.dataset[i] for i in idx]) for idx in itertools.islice(sampler, 8)]
     cycle = itertools.cycle(batches)
-    # the trainer reads the same pre-collated batches as the bare loop
-    trainer.batches = BatchStream(sampler, lambda _: cycle, cfg.data.max_bad_fraction)
+    # the trainer reads the same pre-collated batches as the bare loop (its batch checks included)
+    trainer.batches = BatchStream(sampler, lambda _: cycle, cfg.data.max_bad_fraction, trainer.monitor.screen)
     engine = trainer.engine
 
     def bare_step() -> None:
