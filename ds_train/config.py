@@ -165,6 +165,13 @@ class MonitorSection(_Section):
     # Each evaluation, rank 0 also generates (free-running, greedy) up to this many seconds for one held-out sample
     # and logs it as TensorBoard audio; ZeRO-0/1/2 only (under ZeRO-3 no rank holds every weight). 0 = off.
     generate_seconds: float = 10.0
+    # Conditioning gain (ds_train/conditioning.py): each evaluation also scores the eval set with another speaker's
+    # reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
+    # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.
+    on_reference_ignored: Policy = "warn"
+    reference_ignored_after: int = 200
+    reference_ignored_below: float = 0.01
+    conditioning_gain: bool = True  # False: no swapped scoring (1 eval pass fewer, 3 with Whisper), no check
 
     def policy(self, check: HealthCheck) -> Policy:
         return getattr(self, check.config_key)

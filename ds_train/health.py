@@ -15,6 +15,7 @@ class HealthCheck(str, Enum):
     NONFINITE_LOSS = "nonfinite_loss"
     PARAMS_UNCHANGED = "params_unchanged"
     LR_FLOOR = "lr_floor"
+    REFERENCE_IGNORED = "reference_ignored"
 
     @property
     def config_key(self) -> str:
@@ -46,6 +47,10 @@ _LIKELY_CAUSE = {
         "learning rate 0, frozen parameters, or an optimizer that does not hold these parameters"
     ),
     HealthCheck.LR_FLOOR: "the scheduler decays (or warms up) below train.min_lr; the floor holds the effective LR",
+    HealthCheck.REFERENCE_IGNORED: (
+        "the model does not use its reference: reference codes/Whisper span not reaching attention (masked, dropped or "
+        "misplaced by the layout), too few speakers per text in the data, or too early in training"
+    ),
 }
 # The doctor's row labels; the numbers are the seed report's five failures.
 _DOCTOR_LABEL = {
@@ -55,6 +60,7 @@ _DOCTOR_LABEL = {
     HealthCheck.LR_FLOOR: "4. learning rate > 0 and >= floor",
     HealthCheck.PARAMS_UNCHANGED: "parameters changed",
     HealthCheck.NONFINITE_LOSS: "loss finite",
+    HealthCheck.REFERENCE_IGNORED: "reference used (conditioning gain)",
 }
 
 

@@ -140,6 +140,10 @@ class HealthMonitor:
         floor = f"scheduler set LR {lr_scheduled:.3g}, below the floor; training at {lr:.3g}"
         self._report(HealthCheck.LR_FLOOR, step, floor, (), failed=lr_scheduled < lr)
 
+    def report_evaluation(self, check: HealthCheck, step: int, message: str, failed: bool) -> None:
+        """A check measured at an evaluation (not every step): consecutive counts are then per evaluation."""
+        self._report(check, step, message, (), failed)
+
     def _report(self, check: HealthCheck, step: int, message: str, sample_ids: tuple[str, ...], failed: bool) -> None:
         if not failed:
             self.consecutive[check] = 0
