@@ -14,6 +14,8 @@ import torch
 
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import LayoutBuilder, LayoutOptions
+from data_pipeline.prepare import PrepareConfig, prepare
+from data_pipeline.prepared_dataset import PreparedDataset
 from data_pipeline.reference_swap import SwappedDataset, plan_swaps
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
 from ds_train.health import HealthCheck, HealthError
@@ -59,14 +61,17 @@ def _segments(example, layout: LayoutBuilder) -> tuple[int, int]:
     return ref_frames, headers[3]  # system, user (reference), assistant (reference audio), user (target text)
 
 
-@pytest.mark.parametrize("whisper", [True, False])
-def test_swapped_example_carries_the_donors_reference_and_its_own_target(assets, codec, whisper: bool) -> None:
-    layout = LayoutBuilder(build_tiny_tokenizer(), GEO, LayoutOptions(whisper=whisper))
-    dataset = EncodedVoiceCloningDataset(assets.manifest, codec, layout, show_progress=False)
+@pytest.fixture(scope="module")
+def in_memory(assets, codec) -> tuple[LayoutBuilder, EncodedVoiceCloningDataset]:
+    layout = LayoutBuilder(build_tiny_tokenizer(), GEO, LayoutOptions(whisper=True))
+    return layout, EncodedVoiceCloningDataset(assets.manifest, codec, layout, show_progress=False)
+
+
+def test_swapped_example_carries_the_donors_reference_and_its_own_target(in_memory) -> None:
+    layout, dataset = in_memory
     assert set(dataset.speakers) == {"spk0", "spk1"}
     plan = plan_swaps(dataset.speakers, seed=0)
-    modes = ("all", "codes", "whisper") if whisper else ("all",)
-    for mode in modes:
+    for mode in ("all", "codes", "whisper"):
         swapped = SwappedDataset(dataset, layout, plan, mode)
         for k, (i, j) in enumerate(zip(plan.indices, plan.donors, strict=True)):
             ex, own, donor = swapped[k], dataset[i], dataset[j]
@@ -88,6 +93,22 @@ def test_swapped_example_carries_the_donors_reference_and_its_own_target(assets,
             if mode == "all":  # the whole prompt before the target turn is the donor's
                 assert torch.equal(ex.input_ids[:t_ex], donor.input_ids[:t_ref])
             assert not torch.equal(ex.audio_frames[:n_ex], own.audio_frames[:n_own]) or mode == "whisper"
+
+
+def test_a_prepared_set_swaps_like_the_in_memory_one(assets, in_memory, tmp_path: Path) -> None:
+    layout, dataset = in_memory
+    prepare(PrepareConfig(str(assets.manifest), "dac", str(assets.codec_file), str(tmp_path), 10), show_progress=False)
+    prepared = PreparedDataset(tmp_path, layout)  # 3 shards: speakers are read from each shard's own column
+    assert prepared.speakers == dataset.speakers == [json.loads(line)["speaker"] for line in assets.manifest.open()]
+    plan = plan_swaps(prepared.speakers, seed=3)
+    for mode in ("all", "codes", "whisper"):
+        a, b = SwappedDataset(prepared, layout, plan, mode), SwappedDataset(dataset, layout, plan, mode)
+        assert a.lengths == b.lengths
+        for k in range(len(a)):
+            x, y = a[k], b[k]
+            assert x.num_tokens == a.lengths[k] and torch.equal(x.input_ids, y.input_ids)
+            assert torch.equal(x.audio_frames, y.audio_frames) and torch.equal(x.audio_labels, y.audio_labels)
+            assert all(torch.allclose(p, q, atol=1e-4) for p, q in zip(x.whisper_chunks, y.whisper_chunks, strict=True))
 
 
 def _eval_config(assets, out: Path, *overrides: str, eval_manifest: Path | None = None):
