@@ -153,14 +153,16 @@ def test_a_model_that_ignores_its_reference_has_no_gain_and_the_check_warns(asse
     cfg = _eval_config(assets, tmp_path, "train.max_steps=3", "train.eval_every=1", "monitor.reference_ignored_after=2")
     control = Trainer(cfg.with_values({"train.output_dir": str(tmp_path / "control")}))
     control.train_step()
-    assert abs(control.evaluate()[GAIN]) > 1e-3  # a model that sees its reference scores differently with another
+    values = control.evaluate()  # a model that sees its reference scores differently with another one...
+    assert max(abs(values[k]) for k in (GAIN, f"{GAIN}_codes", f"{GAIN}_whisper")) > 1e-4
 
     trainer = Trainer(cfg)
     _mask_the_reference(trainer)
     result = trainer.fit()
     assert result.final_step == 3  # warn: the run goes on
-    gains = read_scalars(tmp_path / "tensorboard")[GAIN]
-    assert sorted(gains) == [1, 2, 3] and all(abs(g) < 1e-4 for g in gains.values())
+    scalars = read_scalars(tmp_path / "tensorboard")  # ...one that cannot see it, the same up to rounding
+    for key in (GAIN, f"{GAIN}_codes", f"{GAIN}_whisper"):
+        assert sorted(scalars[key]) == [1, 2, 3] and all(abs(g) < 1e-5 for g in scalars[key].values()), key
     # evaluated from step 2 on (monitor.reference_ignored_after): steps 2 and 3 fail, step 1 is not checked
     assert trainer.monitor.failures[HealthCheck.REFERENCE_IGNORED] == 2
     findings = [f for f in trainer.monitor.findings if f.check is HealthCheck.REFERENCE_IGNORED]
