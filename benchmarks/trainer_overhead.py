@@ -1,6 +1,6 @@
 """Trainer overhead: median optimizer-step time of ds_train's `Trainer.train_step` (batch checks, monitor, metrics,
-LR floor, periodic per-part norms) against a bare `engine(batch); engine.backward(loss); engine.step()` loop, on the same
-DeepSpeed engine and the same pre-collated batches, interleaved step by step in one process.
+LR floor, periodic per-part norms) against a bare `engine(batch); engine.backward(loss); engine.step()` loop, on the
+same DeepSpeed engine and the same pre-collated batches, interleaved step by step in one process.
 
     python -m benchmarks.trainer_overhead [--preset tiny|mid] [--steps 40] [--ds zero2_fp32.json]
 

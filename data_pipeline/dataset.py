@@ -15,6 +15,8 @@ from data_pipeline.encode_rows import encode_rows
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject, read_manifest
+from data_pipeline.reference_swap import RowSizes
+from data_pipeline.shards import EncodedRow
 from data_pipeline.types import VoiceCloningExample
 from data_pipeline.validation import Limits
 
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class EncodedVoiceCloningDataset(Dataset):
-    """examples[i] is a ready `VoiceCloningExample`; `rejects` lists the manifest rows that could not be used."""
+    """examples[i] is a ready `VoiceCloningExample` built from rows[i]; `rejects` lists the manifest rows that could
+    not be used. The rows are kept for reference swapping (their waveforms are shared with the examples' chunks)."""
 
     def __init__(
         self,
@@ -41,12 +44,14 @@ class EncodedVoiceCloningDataset(Dataset):
             )
         self.rejects += rejects
         self.examples: list[VoiceCloningExample] = []
+        self.rows: list[EncodedRow] = []
         for row in encoded:
             try:
                 self.examples.append(
                     layout.build(row.id, row.ref_text, row.ref_codes, row.text, row.target_codes,
                                  ref_wave_16k=row.ref_pcm16k, scene=row.scene)
                 )  # fmt: skip
+                self.rows.append(row)
             except ValueError as err:
                 self.rejects.append(Reject(str(manifest), row.line, row.id, str(err)))
         self.rejects.sort(key=lambda r: r.line)
@@ -59,6 +64,17 @@ class EncodedVoiceCloningDataset(Dataset):
     def lengths(self) -> list[int]:
         """Token count of each example (for token-budget batching)."""
         return [ex.num_tokens for ex in self.examples]
+
+    @property
+    def speakers(self) -> list[str | None]:
+        """Each example's manifest `speaker` (None where the row has none)."""
+        return [row.speaker for row in self.rows]
+
+    def row(self, i: int) -> EncodedRow:
+        return self.rows[i]
+
+    def row_sizes(self, i: int) -> RowSizes:
+        return RowSizes.of_row(self.rows[i])
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -64,6 +64,9 @@ def _line_count(path: Path) -> int:
 def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0, eval_speakers: int = 0) -> Path:
     """Write wavs and a voice-cloning manifest.jsonl under out_dir (reused if present) -> manifest path.
 
+    Every speaker says the same sentences, each paired with the same reference sentence: the reference audio is the
+    only thing that tells a target's voice (what the conditioning gain measures).
+
     With `eval_speakers` > 0, that many further speakers go to eval_manifest.jsonl instead: a held-out set of voices
     the training set never contains (zero-shot cloning)."""
     out_dir = Path(out_dir)
@@ -94,11 +97,14 @@ def make_demo_corpus(out_dir: str | Path, num_speakers: int = 4, seed: int = 0, 
             rel = f"wavs/spk{spk}_{idx:02d}.wav"
             sf.write(str(out_dir / rel), wave, sr, subtype="PCM_16")
             utterances.setdefault(spk, []).append((rel, text))
+    # One sentence pairing for every speaker: target sentence idx always has reference sentence ref_of[idx], so the
+    # texts (target and reference transcript) never tell the voice and only the reference audio does.
     rng = random.Random(seed)
+    ref_of = [rng.choice([j for j in range(per_speaker) if j != idx]) for idx in range(per_speaker)]
     rows = []
     for spk, items in utterances.items():
         for idx, (rel, text) in enumerate(items):
-            ref_idx = rng.choice([j for j in range(len(items)) if j != idx])  # same speaker, another sentence
+            ref_idx = ref_of[idx]  # same speaker, another sentence
             rows.append(
                 {
                     "id": f"spk{spk}_{idx:02d}",

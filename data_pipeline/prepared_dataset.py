@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
+from data_pipeline.reference_swap import RowSizes
 from data_pipeline.shards import (
     DATASET_FILE,
     INDEX_FILE,
@@ -89,6 +90,7 @@ class PreparedDataset(Dataset):
         ] if rejects_path.is_file() else []  # fmt: skip
         self._readers: dict[int, ShardReader] = {}
         self._groups: dict[tuple[int, int], pa.Table] = {}
+        self._speakers: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -109,10 +111,30 @@ class PreparedDataset(Dataset):
             self._groups[shard, group] = reader.file.read_row_group(group)
         return row_from_table(self._groups[shard, group], offset)
 
+    def row(self, i: int) -> EncodedRow:
+        """Example i's stored row (raises if it cannot be read)."""
+        return self._row(self.index["shard"][i], self.index["row"][i])
+
+    def row_sizes(self, i: int) -> RowSizes:
+        x = self.index
+        return RowSizes(x["id"][i], x["ref_text"][i], x["text"][i], x["ref_frames"][i], x["target_frames"][i],
+                        x["ref_samples16k"][i], x["scene"][i])  # fmt: skip
+
+    @property
+    def speakers(self) -> list[str | None]:
+        """Each example's `speaker` (None where the manifest row had none): one small column read per shard, once."""
+        if self._speakers is None:
+            columns = {
+                shard: pq.read_table(self.root / shard_name(shard), columns=["speaker"]).column(0).to_pylist()
+                for shard in sorted(set(self.index["shard"]))
+            }
+            self._speakers = [columns[s][r] for s, r in zip(self.index["shard"], self.index["row"], strict=True)]
+        return self._speakers
+
     def __getitem__(self, i: int) -> VoiceCloningExample | BadSample:
         sample_id = self.index["id"][i]
         try:
-            row = self._row(self.index["shard"][i], self.index["row"][i])
+            row = self.row(i)
             return self.layout.build(
                 row.id, row.ref_text, row.ref_codes, row.text, row.target_codes, ref_wave_16k=row.ref_pcm16k,
                 scene=row.scene,

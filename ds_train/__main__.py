@@ -144,8 +144,10 @@ def _main(argv: list[str]) -> int:
     if args.command == "demo":
         from ds_train.demo import run_demo
 
-        result = run_demo(args.output_dir, args.steps, args.overrides)
-        _print_where(result)
+        demo = run_demo(args.output_dir, args.steps, args.overrides)
+        _print_where(demo.train)
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(demo.summary()))
         return 0
     return 2
 

@@ -206,6 +206,13 @@ class MonitorSection(_Section):
     generate_seconds: float = 10.0
     generate_samples: int = 4
     speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
+    # Conditioning gain (ds_train/conditioning.py): each evaluation also scores the eval set with another speaker's
+    # reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
+    # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.
+    on_reference_ignored: Policy = "warn"
+    reference_ignored_after: int = 200
+    reference_ignored_below: float = 0.01
+    conditioning_gain: bool = True  # False: no swapped scoring (1 eval pass fewer, 3 with Whisper), no check
 
     def policy(self, check: HealthCheck) -> Policy:
         return getattr(self, check.config_key)

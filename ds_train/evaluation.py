@@ -70,9 +70,17 @@ class Evaluator:
     ) -> None:
         self.dataset, self.collate, self.prepare = dataset, collate, prepare
         self.num_codebooks = num_codebooks
+        self.batch_size, self.max_tokens = batch_size, max_tokens
         self.share = rank_share(eval_batches(dataset.lengths, batch_size, max_tokens), rank, world_size)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.first_sample: tuple[dict, object] | None = None  # (batch, output) of the last run's first counted batch
+
+    def with_dataset(self, dataset: Dataset) -> Evaluator:
+        """An evaluator of another dataset with this one's collator, device preparation, batching and rank."""
+        return Evaluator(
+            dataset, self.collate, self.prepare, self.num_codebooks, self.batch_size, self.max_tokens, self.rank,
+            self.world_size, self.device,
+        )  # fmt: skip
 
     @torch.no_grad()
     def run(self, engine: torch.nn.Module) -> dict[str, float]:

@@ -18,6 +18,7 @@ class HealthCheck(str, Enum):
     LR_FLOOR = "lr_floor"
     LR_LOW = "lr_low"
     DECODE_IDS = "decode_ids"
+    REFERENCE_IGNORED = "reference_ignored"
 
     @property
     def config_key(self) -> str:
@@ -60,6 +61,10 @@ _LIKELY_CAUSE = {
         "token ids outside the tokenizer's vocabulary or the codec's codebook (a tokenizer or codec that differs "
         "from the one the data was prepared with, or corrupt rows); decoding them would crash"
     ),
+    HealthCheck.REFERENCE_IGNORED: (
+        "the model does not use its reference: reference codes/Whisper span not reaching attention (masked, dropped or "
+        "misplaced by the layout), too few speakers per text in the data, or too early in training"
+    ),
 }
 # The doctor's row labels; the numbers are the seed report's five failures.
 _DOCTOR_LABEL = {
@@ -72,6 +77,7 @@ _DOCTOR_LABEL = {
     HealthCheck.DECODE_IDS: "5. token ids decodable",
     HealthCheck.PARAMS_UNCHANGED: "parameters changed",
     HealthCheck.NONFINITE_LOSS: "loss finite",
+    HealthCheck.REFERENCE_IGNORED: "reference used (conditioning gain)",
 }
 
 

@@ -94,6 +94,11 @@ class MetricsProcessor:
             "eval  %5d | loss %.4f | audio %.4f | acc %.3f | %d samples in %.1f s", step, values["eval/loss"],
             values["eval/audio_loss"], values["eval/audio_top1"], values["eval/samples"], values["eval/time_s"],
         )  # fmt: skip
+        if "eval/conditioning_gain" in values:
+            parts = [f"{k} {values[f'eval/conditioning_gain_{k}']:.4f}" for k in ("codes", "whisper")
+                     if f"eval/conditioning_gain_{k}" in values]  # fmt: skip
+            log.info("eval  %5d | conditioning gain %.4f%s", step, values["eval/conditioning_gain"],
+                     f" ({', '.join(parts)})" if parts else "")  # fmt: skip
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         """Scalars to TensorBoard (and DeepSpeed's monitors) without a console line."""

@@ -248,6 +248,10 @@ class HealthMonitor:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return {check: bool(flag) for check, flag in zip(failed, flags.tolist(), strict=True)}
 
+    def report_evaluation(self, check: HealthCheck, step: int, message: str, failed: bool) -> None:
+        """A check measured at an evaluation (not every step): consecutive counts are then per evaluation."""
+        self._report(check, step, message, (), failed)
+
     def _report(self, check: HealthCheck, step: int, message: str, sample_ids: tuple[str, ...], failed: bool) -> None:
         if not failed:
             self.consecutive[check] = 0

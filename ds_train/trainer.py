@@ -21,6 +21,7 @@ from ds_train.batch_checks import BatchRules
 from ds_train.batch_stream import BatchStream
 from ds_train.build import build_model, build_tokenizer
 from ds_train.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
+from ds_train.conditioning import ConditioningGain, check_reference_ignored
 from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
 from ds_train.distributed import device_for, init_distributed
@@ -148,6 +149,12 @@ class Trainer:
                 self.data.eval_dataset, self.data.collator, self.prepare_batch, self.geometry.num_codebooks,
                 cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
             )  # fmt: skip
+        self.last_eval: dict[str, float] = {}  # the latest evaluation's eval/* values
+        self.conditioning = None  # swapped-reference scoring at each evaluation (ds_train/conditioning.py)
+        if self.evaluator is not None and cfg.monitor.conditioning_gain:
+            self.conditioning = ConditioningGain(
+                self.evaluator, self.data.layout, cfg.whisper.enabled, t.seed, verbose=self.rank == 0
+            )
         self._told_no_generation = False
         self.generation: GenerationEvaluator | None = None  # built on first use (rank 0, with an eval set)
 
@@ -244,11 +251,16 @@ class Trainer:
         """eval/* scalars over the whole eval set (identical on every rank); needs data.eval_*."""
         if self.evaluator is None:
             raise ValueError("no eval set: set data.eval_manifest or data.eval_prepared (and train.eval_every > 0)")
-        return self.evaluator.run(self.engine)
+        values = self.evaluator.run(self.engine)
+        if self.conditioning is not None:
+            values.update(self.conditioning.run(self.engine, values))
+        return values
 
     def _evaluate_and_log(self, step: int) -> dict[str, float]:
         values = self.evaluate()
+        self.last_eval = values
         self.metrics.log_eval(step, values)
+        check_reference_ignored(self.monitor, self.cfg.monitor, step, values)
         sample = self.evaluator.first_sample
         if self.rank == 0 and sample is not None:
             if self.cfg.monitor.decode_every > 0:
@@ -270,6 +282,7 @@ class Trainer:
             self.generation = self._build_generation()
         values = self.generation.run(self.engine.module)
         self.metrics.log_scalars(step, values)
+        self.last_eval.update(values)
         if values:
             log.info("eval generation %5d | %s", step, " | ".join(f"{k[9:]} {v:.3g}" for k, v in values.items()))
         if self.generation.last_codes is not None:

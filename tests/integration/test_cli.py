@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import CONFIGS, REPO, REQUIRED_SCALARS, command_env, free_port, read_scalars, run_command, train_args
 
 
@@ -18,15 +20,25 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     console = [line for line in proc.stderr.splitlines() if "/12 | loss " in line]
     assert len(console) == 2 and "step    12/12 | loss" in console[-1]  # step 1 and the last (log_every is 25)
     assert (out / "run" / "checkpoints" / "global_step12").is_dir()
-    assert len(list((out / "corpus" / "wavs").glob("*.wav"))) == 60
+    assert len(list((out / "corpus" / "wavs").glob("*.wav"))) == 72
     scalars = read_scalars(tb)
     assert REQUIRED_SCALARS <= set(scalars)
     assert sorted(scalars["train/loss"]) == list(range(1, 13))
-    # The held-out speaker is evaluated at the last step, and is not in the training manifest.
+    # The held-out speakers are evaluated at the last step, and are not in the training manifest.
     speakers = [{json.loads(line)["speaker"] for line in (out / "corpus" / name).open()}
                 for name in ("manifest.jsonl", "eval_manifest.jsonl")]  # fmt: skip
-    assert speakers == [{"spk0", "spk1", "spk2", "spk3"}, {"spk4"}]
-    assert scalars["eval/samples"] == {12: 12.0}
+    assert speakers == [{"spk0", "spk1", "spk2", "spk3"}, {"spk4", "spk5"}]
+    assert scalars["eval/samples"] == {12: 24.0}
+    # The conditioning gain: logged at each evaluation (two held-out voices swap references), and the summary prints it
+    # for the training voices next to the held-out ones.
+    gain = scalars["eval/conditioning_gain"][12]
+    assert scalars["eval/loss_swapped_ref"][12] - scalars["eval/loss_true_ref"][12] == pytest.approx(gain, abs=1e-4)
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("Conditioning gain, ")]
+    assert [line.split(":")[0] for line in summary] == [
+        "Conditioning gain, training voices", "Conditioning gain, held-out voices"
+    ]  # fmt: skip
+    assert float(summary[1].split(": ")[1].split(" nats")[0]) == pytest.approx(gain, abs=2e-4)
+    assert "swapped alone: codes " in summary[0]
     assert "(latest: global_step12, best eval loss: global_step12)" in proc.stdout
     assert any("eval     12 | loss" in line for line in proc.stderr.splitlines())
     assert scalars["train/loss"][12] < scalars["train/loss"][1]
