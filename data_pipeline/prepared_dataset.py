@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
+from data_pipeline.reference_choice import ReferencePolicy, ReferencePool
 from data_pipeline.reference_swap import RowSizes
 from data_pipeline.shards import (
     DATASET_FILE,
@@ -57,7 +58,10 @@ def read_prepared_meta(root: str | Path) -> dict:
 
 
 class PreparedDataset(Dataset):
-    def __init__(self, root: str | Path, layout: LayoutBuilder) -> None:
+    def __init__(self, root: str | Path, layout: LayoutBuilder, reference: ReferencePolicy | None = None) -> None:
+        """`reference`: how examples choose their reference (default: the prepared pairing). With `same_speaker`,
+        `lengths` are upper bounds over the references an example may take, so token budgets hold whatever is drawn,
+        and indices carry the epoch: `dataset[(i, epoch)]` (see `needs_epoch`)."""
         self.root = Path(root)
         self.meta = read_prepared_meta(self.root)
         if not (self.root / INDEX_FILE).is_file():
@@ -91,6 +95,28 @@ class PreparedDataset(Dataset):
         self._readers: dict[int, ShardReader] = {}
         self._groups: dict[tuple[int, int], pa.Table] = {}
         self._speakers: list[str | None] | None = None
+        self.reference = reference or ReferencePolicy()
+        self.pool: ReferencePool | None = None
+        if self.reference.mode != "fixed":
+            self.pool = ReferencePool(self.speakers, index["ref_seconds"], self.reference)
+            self.lengths = self._length_bounds()
+
+    @property
+    def needs_epoch(self) -> bool:
+        """Whether the reference depends on the epoch (the sampler then yields (index, epoch) keys)."""
+        return self.pool is not None
+
+    def _length_bounds(self) -> list[int]:
+        """Each example's longest token count over the references it may take: the reference's tokens (its text,
+        codes and Whisper span) add to the rest independently, so bound = tokens without a reference + the largest
+        reference part among the candidates."""
+        x, layout = self.index, self.layout
+        bare = [
+            layout.token_count("", t, 0, tf, 0, sc)
+            for t, tf, sc in zip(x["text"], x["target_frames"], x["scene"], strict=True)
+        ]
+        part = [full - empty for full, empty in zip(self.lengths, bare, strict=True)]
+        return [bare[i] + max(part[j] for j in {i, *self.pool.candidates(i)}) for i in range(len(bare))]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -131,13 +157,28 @@ class PreparedDataset(Dataset):
             self._speakers = [columns[s][r] for s, r in zip(self.index["shard"], self.index["row"], strict=True)]
         return self._speakers
 
-    def __getitem__(self, i: int) -> VoiceCloningExample | BadSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> VoiceCloningExample | BadSample:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         sample_id = self.index["id"][i]
         try:
             row = self.row(i)
+            ref = self._reference(i, epoch, row)
             return self.layout.build(
-                row.id, row.ref_text, row.ref_codes, row.text, row.target_codes, ref_wave_16k=row.ref_pcm16k,
+                row.id, ref.ref_text, ref.ref_codes, row.text, row.target_codes, ref_wave_16k=ref.ref_pcm16k,
                 scene=row.scene,
             )  # fmt: skip
         except Exception as err:  # noqa: BLE001 - one bad row must never kill a run; it is counted instead
             return BadSample(sample_id, f"{type(err).__name__}: {err}")
+
+    def _reference(self, i: int, epoch: int, row: EncodedRow) -> EncodedRow:
+        """The row whose reference example i takes in `epoch`: never one holding i's own target audio."""
+        if self.pool is None:
+            return row
+        for j in self.pool.order(i, epoch):
+            donor = row if j == i else self.row(j)
+            same_audio = donor.ref_codes.shape == row.target_codes.shape and bool(
+                (donor.ref_codes == row.target_codes).all()
+            )
+            if not same_audio:
+                return donor
+        return row

@@ -40,6 +40,7 @@ class PositionalBatchSampler(Sampler[list[int]]):
     consumed: int
     batches_per_epoch: int
     _resumed_at: DataPosition | None = None
+    with_epoch: bool = False  # yield (index, epoch) keys, for datasets whose examples depend on the epoch
 
     def global_batch(self, epoch: int, position: int) -> list[int]:
         """Dataset indices of global micro-batch `position` of `epoch` (position < batches_per_epoch x world_size)."""
@@ -74,11 +75,12 @@ class PositionalBatchSampler(Sampler[list[int]]):
         self.consumed = position.consumed
         self._resumed_at = position
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
         while True:
-            batch = self.batch_at(self.consumed)
+            epoch, position = self._locate(self.consumed)
+            batch = self.global_batch(epoch, position)
             self.consumed += 1
-            yield batch
+            yield [(i, epoch) for i in batch] if self.with_epoch else batch
 
     def state_dict(self, consumed: int | None = None) -> dict:
         """The position after `consumed` micro-batches (default: as many as were yielded; a DataLoader prefetching

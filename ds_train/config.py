@@ -123,6 +123,12 @@ class DataSection(_Section):
     max_tokens: int = 0  # > 0: token-budget micro-batches (padded tokens per micro-batch), length-bucketed
     num_workers: int = 1  # DataLoader worker processes (0 = load in the training process)
     max_bad_fraction: float = 0.01  # stop when more than this fraction of rows failed to load (after 100 rows)
+    # Which reference each training example is cloned from: "fixed" (the manifest's pairing) or "same_speaker"
+    # (per epoch, the reference of another row of its speaker lasting [reference_min_seconds, reference_max_seconds];
+    # needs data.prepared and a `speaker` per row; data_pipeline/reference_choice.py). Evaluation always uses "fixed".
+    reference: Literal["fixed", "same_speaker"] = "fixed"
+    reference_min_seconds: float = 1.0
+    reference_max_seconds: float = 30.0
     # Held-out evaluation set (ideally speakers the training set lacks): a manifest or a prepare output, same codec.
     eval_manifest: str | None = None
     eval_prepared: str | None = None
@@ -134,6 +140,13 @@ class DataSection(_Section):
             raise ConfigError(f"{section}.micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"{section}.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.reference == "same_speaker" and not self.prepared:
+            raise ConfigError(
+                f"{section}.reference=same_speaker needs {section}.prepared (a prepared set, whose rows carry their "
+                "speaker): run python -m data_pipeline.prepare on the manifest first"
+            )
+        if self.reference_min_seconds > self.reference_max_seconds:
+            raise ConfigError(f"{section}.reference_min_seconds must be <= {section}.reference_max_seconds")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.layout import LayoutBuilder, LayoutOptions
 from data_pipeline.prepared_dataset import PreparedDataset, read_prepared_meta
+from data_pipeline.reference_choice import ReferencePolicy
 from data_pipeline.samplers import PositionalBatchSampler, ResumableBatchSampler, TokenBudgetBatchSampler
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.types import AudioGeometry
@@ -101,11 +102,14 @@ def build_collator(cfg: RunConfig, tokenizer, geometry: AudioGeometry) -> VoiceC
     )  # fmt: skip
 
 
-def _open_dataset(prepared: str | None, manifest: str | None, codec: Codec, layout: LayoutBuilder, rank: int):
+def _open_dataset(
+    prepared: str | None, manifest: str | None, codec: Codec, layout: LayoutBuilder, rank: int,
+    reference: ReferencePolicy | None = None,
+):  # fmt: skip
     """A prepared dataset is read from its shards; a bare manifest is encoded in memory at start-up by every rank,
     which suits small corpora, eval sets and the demo."""
     if prepared:
-        return PreparedDataset(prepared, layout)
+        return PreparedDataset(prepared, layout, reference)
     return EncodedVoiceCloningDataset(manifest, codec, layout, show_progress=rank == 0)
 
 
@@ -128,8 +132,9 @@ def build_run_data(cfg: RunConfig, tokenizer, rank: int) -> RunData:
     codec = build_codec(cfg)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
     layout = build_layout(cfg, tokenizer, geometry)
-    dataset = _open_dataset(d.prepared, d.manifest, codec, layout, rank)
-    eval_dataset = None
+    reference = ReferencePolicy(d.reference, d.reference_min_seconds, d.reference_max_seconds, cfg.train.seed)
+    dataset = _open_dataset(d.prepared, d.manifest, codec, layout, rank, reference)
+    eval_dataset = None  # always the prepared pairing: evaluations stay comparable
     if d.eval_prepared or d.eval_manifest:
         eval_dataset = _open_dataset(d.eval_prepared, d.eval_manifest, codec, layout, rank)
     return RunData(dataset, eval_dataset, layout, build_collator(cfg, tokenizer, geometry), codec)
@@ -138,8 +143,11 @@ def build_run_data(cfg: RunConfig, tokenizer, rank: int) -> RunData:
 def build_sampler(cfg: RunConfig, dataset, rank: int, world_size: int) -> PositionalBatchSampler:
     """Token-budget batches when data.max_tokens > 0, else fixed micro_batch_size; both resumable by position."""
     if cfg.data.max_tokens > 0:
-        return TokenBudgetBatchSampler(dataset.lengths, cfg.data.max_tokens, rank, world_size, cfg.train.seed)
-    return ResumableBatchSampler(len(dataset), cfg.data.micro_batch_size, rank, world_size, cfg.train.seed)
+        sampler = TokenBudgetBatchSampler(dataset.lengths, cfg.data.max_tokens, rank, world_size, cfg.train.seed)
+    else:
+        sampler = ResumableBatchSampler(len(dataset), cfg.data.micro_batch_size, rank, world_size, cfg.train.seed)
+    sampler.with_epoch = getattr(dataset, "needs_epoch", False)
+    return sampler
 
 
 def build_loader(dataset, sampler, collator, workers: int, device: torch.device) -> DataLoader:
