@@ -219,6 +219,7 @@ class MonitorSection(_Section):
     generate_seconds: float = 10.0
     generate_samples: int = 4
     speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
+    asr_model: str | None = None  # local transformers Whisper ASR dir: adds eval/gen_wer(_target)
     # Conditioning gain (ds_train/conditioning.py): each evaluation also scores the eval set with another speaker's
     # reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
     # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.
@@ -309,6 +310,7 @@ _PATH_FIELDS = {
     ("data", "codec_path"),
     ("train", "deepspeed_config"),
     ("monitor", "speaker_model"),
+    ("monitor", "asr_model"),
 }
 
 

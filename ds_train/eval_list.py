@@ -1,17 +1,17 @@
 """`python -m ds_train evaluate`: clone every line of a Seed-TTS-eval test list with a checkpoint and measure it.
 
     python -m ds_train evaluate --checkpoint runs/exp1 [--tag best] --list meta.lst --out eval_out \
-        [--speaker-model DIR] [--max-seconds 20]
+        [--speaker-model DIR] [--asr-model DIR --language en] [--max-seconds 20]
 
 The list is Seed-TTS-eval's `meta.lst`: one line per utterance, `utt|prompt_text|prompt_wav|infer_text[|gt_wav]`,
 paths relative to the list. For every line the cloned speech goes to `wavs/<utt>.wav` and its measures to
 `items/<utt>.json` (written last: a line with its json is done, so a re-run resumes where it stopped). At the end,
 `results.csv` (one row per utterance) and `summary.json` / `summary.md`: stop rate, duration ratio, silence share,
-real-time factor and, with `--speaker-model`, speaker similarity to the prompt; with `gt_wav`, the same for the
-ground truth as the reference row. Lines that cannot be used (wrong field count, missing wav, empty text) are reported
-by line number in `rejects.jsonl` and skipped. Under a launcher (`deepspeed --module ds_train evaluate ...`) each rank
-clones every world-size-th line; rank 0 writes the summary. Intelligibility (WER) needs an ASR model and is not
-computed yet.
+real-time factor, with `--speaker-model` speaker similarity to the prompt and with `--asr-model` (a local Whisper) the
+word error rate (character error rate for CJK text) with Seed-TTS-eval's normalisation; with `gt_wav`, the same for
+the ground truth as the reference row. Lines that cannot be used (wrong field count, missing wav, empty text) are
+reported by line number in `rejects.jsonl` and skipped. Under a launcher (`deepspeed --module ds_train evaluate ...`)
+each rank clones every world-size-th line; rank 0 writes the summary.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from data_pipeline.manifest import Reject, text_lines
 from ds_train.distributed import device_for, init_distributed
 from ds_train.generate import VoiceCloner
 from ds_train.generation_eval import silence_share
+from ds_train.intelligibility import Transcriber, error_counts
 from ds_train.speaker_similarity import SpeakerEncoder
 
 log = logging.getLogger("ds_train")
@@ -62,6 +63,11 @@ class ItemResult:
     duration_ratio: float | None = None
     gt_silence_share: float | None = None
     gt_speaker_sim: float | None = None
+    wer: float | None = None  # word (CJK: character) error rate of the ASR transcript against infer_text
+    gt_wer: float | None = None
+    errors: int | None = None
+    gt_errors: int | None = None
+    text_units: int | None = None
 
 
 def read_list(path: Path) -> tuple[list[ListItem], list[Reject]]:
@@ -103,8 +109,11 @@ def _problem(path: Path, fields: list[str], seen: set[str]) -> str:
 
 
 class ListEvaluator:
-    def __init__(self, cloner: VoiceCloner, out: Path, max_seconds: float, speaker: SpeakerEncoder | None) -> None:
-        self.cloner, self.out, self.max_seconds, self.speaker = cloner, out, max_seconds, speaker
+    def __init__(
+        self, cloner: VoiceCloner, out: Path, max_seconds: float, speaker: SpeakerEncoder | None,
+        asr: Transcriber | None = None,
+    ) -> None:  # fmt: skip
+        self.cloner, self.out, self.max_seconds, self.speaker, self.asr = cloner, out, max_seconds, speaker, asr
 
     def run_item(self, item: ListItem) -> ItemResult:
         done = self.out / "items" / f"{item.utt}.json"
@@ -119,6 +128,9 @@ class ListEvaluator:
                             (time.perf_counter() - started) / max(seconds, 1e-6))  # fmt: skip
         if self.speaker is not None and wave.numel():
             result.speaker_sim = self._similarity(wave, rate, prompt, prompt_rate)
+        if self.asr is not None:
+            result.errors, result.text_units = error_counts(item.text, self.asr.transcribe(wave, rate))
+            result.wer = result.errors / max(result.text_units, 1)
         if item.gt_wav is not None:
             gt, gt_rate = load_mono(item.gt_wav)
             result.gt_seconds = gt.numel() / gt_rate
@@ -126,6 +138,9 @@ class ListEvaluator:
             result.gt_silence_share = silence_share(gt, gt_rate)
             if self.speaker is not None:
                 result.gt_speaker_sim = self._similarity(gt, gt_rate, prompt, prompt_rate)
+            if self.asr is not None:
+                result.gt_errors, _ = error_counts(item.text, self.asr.transcribe(gt, gt_rate))
+                result.gt_wer = result.gt_errors / max(result.text_units, 1)
         wav = self.out / "wavs" / f"{item.utt}.wav"
         _write_atomic(wav, lambda p: sf.write(str(p), wave.numpy(), rate, format="WAV"))
         _write_atomic(done, lambda p: p.write_text(json.dumps(asdict(result))))
@@ -149,6 +164,12 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+def _corpus_rate(counts: list[tuple[int | None, int | None]]) -> float | None:
+    """Errors over all reference words of the set (Seed-TTS-eval's corpus WER); None without an ASR model."""
+    present = [(e, n) for e, n in counts if e is not None and n is not None]
+    return sum(e for e, _ in present) / max(1, sum(n for _, n in present)) if present else None
+
+
 def summarize(results: list[ItemResult], rejects: list[Reject]) -> dict:
     generated = {
         "utterances": len(results),
@@ -157,13 +178,14 @@ def summarize(results: list[ItemResult], rejects: list[Reject]) -> dict:
         "silence_share": _mean([r.silence_share for r in results]),
         "speaker_sim": _mean([r.speaker_sim for r in results]),
         "rtf": _mean([r.rtf for r in results]),
-        "wer": None,
+        "wer": _corpus_rate([(r.errors, r.text_units) for r in results]),
     }
     with_gt = [r for r in results if r.gt_seconds is not None]
     ground_truth = {
         "utterances": len(with_gt), "stop_rate": None, "duration_ratio": 1.0 if with_gt else None,
         "silence_share": _mean([r.gt_silence_share for r in with_gt]),
-        "speaker_sim": _mean([r.gt_speaker_sim for r in with_gt]), "rtf": None, "wer": None,
+        "speaker_sim": _mean([r.gt_speaker_sim for r in with_gt]), "rtf": None,
+        "wer": _corpus_rate([(r.gt_errors, r.text_units) for r in with_gt]),
     }  # fmt: skip
     return {"generated": generated, "ground_truth": ground_truth, "rejected_lines": len(rejects)}
 
@@ -179,7 +201,7 @@ def _markdown(summary: dict) -> str:
 
 def evaluate_list(
     checkpoint: str | Path, list_path: str | Path, out: str | Path, which: str = "latest", max_seconds: float = 20.0,
-    speaker_model: str | None = None,
+    speaker_model: str | None = None, asr_model: str | None = None, language: str | None = None,
 ) -> dict | None:  # fmt: skip
     """Clone and measure this rank's lines; rank 0 then writes the CSV and summary -> the summary (None elsewhere)."""
     list_path, out = Path(list_path), Path(out)
@@ -192,7 +214,8 @@ def evaluate_list(
     device = device_for(local)
     cloner = VoiceCloner(checkpoint, which, device)
     speaker = SpeakerEncoder(speaker_model, device) if speaker_model else None
-    evaluator = ListEvaluator(cloner, out, max_seconds, speaker)
+    asr = Transcriber(asr_model, device, language) if asr_model else None
+    evaluator = ListEvaluator(cloner, out, max_seconds, speaker, asr)
     mine = items[rank::world]
     for item in tqdm(mine, desc=f"evaluate rank {rank}", unit="utt", disable=rank != 0, dynamic_ncols=True):
         evaluator.run_item(item)

@@ -10,7 +10,8 @@ target from its prompt (greedy, up to the target's length x `LENGTH_CAP` plus th
 - with a speaker model (`monitor.speaker_model`, a local x-vector directory): `gen_speaker_sim`, the cosine between
   speaker embeddings of the generated audio and the reference, next to `gen_speaker_sim_target`, the same for the
   real target (the ceiling).
-No ASR model is used yet, so intelligibility (WER) is not reported here.
+- with an ASR model (`monitor.asr_model`, a local Whisper directory): `gen_wer`, the word (CJK: character) error rate
+  of its transcript against the text, next to `gen_wer_target`, the same for the real target (the floor).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from data_pipeline.codecs import Codec
 from data_pipeline.delay_pattern import revert_delay
 from data_pipeline.types import AudioGeometry
 from ds_train.generate import frames_to_codes, generate_frames, prompt_from_batch, stopped
+from ds_train.intelligibility import Transcriber, error_counts
 from ds_train.safe_decode import sanitize_codes
 from ds_train.speaker_similarity import SpeakerEncoder
 
@@ -43,6 +45,9 @@ class GeneratedSample:
     silence_share: float
     speaker_sim: float | None = None
     speaker_sim_target: float | None = None
+    errors: int | None = None  # ASR word (or character) errors against the text, and the text's length in units
+    errors_target: int | None = None
+    text_units: int | None = None
 
 
 def silence_share(wave: torch.Tensor, sample_rate: int, dbfs: float = SILENT_FRAME_DBFS) -> float:
@@ -70,6 +75,10 @@ def summarize(samples: list[GeneratedSample]) -> dict[str, float]:
     if all(s.speaker_sim is not None for s in samples):
         values["eval/gen_speaker_sim"] = sum(s.speaker_sim for s in samples) / n
         values["eval/gen_speaker_sim_target"] = sum(s.speaker_sim_target for s in samples) / n
+    if all(s.errors is not None for s in samples):  # corpus-level rate: errors over all words of the subset
+        units = max(1, sum(s.text_units for s in samples))
+        values["eval/gen_wer"] = sum(s.errors for s in samples) / units
+        values["eval/gen_wer_target"] = sum(s.errors_target for s in samples) / units
     return values
 
 
@@ -79,12 +88,14 @@ class GenerationEvaluator:
     def __init__(
         self, dataset, collator, codec: Codec, geometry: AudioGeometry, count: int, audio_out_bos: int,
         audio_placeholders: tuple[int, int], speaker: SpeakerEncoder | None = None, max_frames: int | None = None,
+        asr: Transcriber | None = None,
     ) -> None:  # fmt: skip
         self.dataset, self.collator, self.codec, self.geometry = dataset, collator, codec, geometry
         self.indices = list(range(min(count, len(dataset))))
         self.audio_out_bos, self.audio_placeholders = audio_out_bos, audio_placeholders
         self.speaker = speaker
         self.max_frames = max_frames  # the generated frames allowed per sample, whatever its target's length
+        self.asr = asr
         self.last_codes: torch.Tensor | None = None  # the first sample's generated codes [C, T], for TensorBoard
 
     def run(self, model) -> dict[str, float]:
@@ -118,16 +129,20 @@ class GenerationEvaluator:
         if index == self.indices[0]:
             self.last_codes = codes
         wave = self.codec.decode(codes).clamp(-1, 1) if codes.shape[1] else torch.zeros(0)
-        sim = sim_target = None
+        sim = sim_target = errors = errors_target = units = None
+        sr = self.codec.sample_rate
+        target = self.codec.decode(target_codes).clamp(-1, 1) if self.speaker or self.asr else None
         if self.speaker is not None:
-            sr = self.codec.sample_rate
             reference = self.codec.decode(reference_codes).clamp(-1, 1)
-            target = self.codec.decode(target_codes).clamp(-1, 1)
             sim = self.speaker.similarity(wave, reference, sr) if wave.numel() else math.nan
             sim_target = self.speaker.similarity(target, reference, sr)
+        if self.asr is not None:
+            text = self.dataset.row_sizes(index).text
+            errors, units = error_counts(text, self.asr.transcribe(wave, sr))
+            errors_target, _ = error_counts(text, self.asr.transcribe(target, sr))
         return GeneratedSample(
             batch["sample_ids"][0], stopped(frames, self.geometry), codes.shape[1] / rate, target_seconds,
-            silence_share(wave, self.codec.sample_rate), sim, sim_target,
+            silence_share(wave, sr), sim, sim_target, errors, errors_target, units,
         )  # fmt: skip
 
     def _target_and_reference(self, batch: dict, ref_frames: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ from ds_train.generate import frame_budget
 from ds_train.generation_eval import GenerationEvaluator
 from ds_train.grad_norms import part_grad_norms
 from ds_train.health import HealthCheck, HealthError
+from ds_train.intelligibility import Transcriber
 from ds_train.loss import LabelCounts, LossSums, LossWeights
 from ds_train.metrics import MetricsProcessor, StepMeasurement
 from ds_train.monitor import HealthMonitor, ScheduleReference, apply_lr_floor
@@ -291,10 +292,11 @@ class Trainer:
     def _build_generation(self) -> GenerationEvaluator:
         m, llm_cfg = self.cfg.monitor, self.engine.module.llm.config
         speaker = SpeakerEncoder(m.speaker_model, self.device) if m.speaker_model else None
+        asr = Transcriber(m.asr_model, self.device) if m.asr_model else None
         return GenerationEvaluator(
             self.data.eval_dataset, self.data.collator, self.data.codec, self.geometry, m.generate_samples,
             self.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id), speaker,
-            max_frames=frame_budget(m.generate_seconds, self.data.codec.frame_rate, self.geometry),
+            max_frames=frame_budget(m.generate_seconds, self.data.codec.frame_rate, self.geometry), asr=asr,
         )  # fmt: skip
 
     # -- checkpoints -------------------------------------------------------------------------------------------------

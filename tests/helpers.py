@@ -128,3 +128,47 @@ def tiny_speaker_model(path: Path) -> Path:
     WavLMForXVector(config).save_pretrained(str(path))
     Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(path))
     return path
+
+
+def tiny_asr_model(path: Path) -> Path:
+    """A random-init WhisperForConditionalGeneration with a byte-level tokenizer and its processor saved in `path`
+    (a local ASR model: it transcribes nonsense, through the real transformers code)."""
+    import json
+
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )  # fmt: skip
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    for special in ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                    "<|notimestamps|>", "<|nocaptions|>", "<|startofprev|>", "<|startoflm|>"):  # fmt: skip
+        vocab[special] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), unk_token=end, bos_token=end,
+                                 eos_token=end, pad_token=end)  # fmt: skip
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, max_target_positions=64,
+        decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    generation = model.generation_config  # what a multilingual Whisper checkpoint's generation config carries
+    generation.decoder_start_token_id = config.decoder_start_token_id
+    generation.is_multilingual = True
+    generation.lang_to_id = {"<|en|>": tokenizer.convert_tokens_to_ids("<|en|>")}
+    generation.task_to_id = {t: tokenizer.convert_tokens_to_ids(f"<|{t}|>") for t in ("transcribe", "translate")}
+    generation.no_timestamps_token_id = tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    generation._from_model_config = False  # else loading rebuilds it from the model config, dropping the above
+    model.save_pretrained(str(path))
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(str(path))
+    return path

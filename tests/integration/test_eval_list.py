@@ -13,7 +13,7 @@ import soundfile as sf
 
 from ds_train.eval_list import evaluate_list
 from ds_train.trainer import Trainer
-from tests.helpers import make_config, run_command, tiny_speaker_model
+from tests.helpers import make_config, run_command, tiny_asr_model, tiny_speaker_model
 
 
 def _write_list(assets, folder: Path) -> Path:
@@ -38,10 +38,11 @@ def test_evaluate_clones_measures_reports_bad_lines_and_resumes(assets, prepared
     Trainer(make_config(assets, run, f"data.prepared={prepared_corpus}", "train.max_steps=1",
                         "train.tensorboard=false")).fit()  # fmt: skip
     meta = _write_list(assets, tmp_path / "list")
-    speaker = tiny_speaker_model(tmp_path / "spk")
+    speaker, asr = tiny_speaker_model(tmp_path / "spk"), tiny_asr_model(tmp_path / "asr")
     out = tmp_path / "eval"
     proc = run_command([sys.executable, "-m", "ds_train", "evaluate", "--checkpoint", str(run), "--list", str(meta),
-                        "--out", str(out), "--max-seconds", "1", "--speaker-model", str(speaker)])  # fmt: skip
+                        "--out", str(out), "--max-seconds", "1", "--speaker-model", str(speaker),
+                        "--asr-model", str(asr), "--language", "en"])  # fmt: skip
     assert "| generated |" in proc.stdout and "| ground truth |" in proc.stdout
 
     summary = json.loads((out / "summary.json").read_text())
@@ -49,7 +50,8 @@ def test_evaluate_clones_measures_reports_bad_lines_and_resumes(assets, prepared
     assert summary["rejected_lines"] == 4
     gen = summary["generated"]
     assert 0 <= gen["stop_rate"] <= 1 and 0 <= gen["silence_share"] <= 1 and gen["rtf"] > 0
-    assert -1 <= summary["ground_truth"]["speaker_sim"] <= 1 and gen["wer"] is None
+    assert -1 <= summary["ground_truth"]["speaker_sim"] <= 1
+    assert gen["wer"] >= 0 and summary["ground_truth"]["wer"] >= 0  # a random ASR: the rate, not its value
     rejects = {json.loads(line)["line"]: json.loads(line)["reason"] for line in (out / "rejects.jsonl").open()}
     assert sorted(rejects) == [3, 4, 5, 6]
     assert "not found" in rejects[3] and "empty" in rejects[4] and "got 3" in rejects[5] and "duplicate" in rejects[6]

@@ -11,9 +11,10 @@ import torch
 from data_pipeline.types import AudioGeometry
 from ds_train.generate import stopped
 from ds_train.generation_eval import GeneratedSample, GenerationEvaluator, silence_share, summarize
+from ds_train.intelligibility import Transcriber
 from ds_train.speaker_similarity import SpeakerEncoder
 from ds_train.trainer import Trainer
-from tests.helpers import make_config, tiny_speaker_model
+from tests.helpers import make_config, tiny_asr_model, tiny_speaker_model
 
 
 def test_silence_and_stop_measures() -> None:
@@ -47,7 +48,7 @@ def test_generation_metrics_on_a_real_model(assets, prepared_corpus: Path, tmp_p
     evaluator = GenerationEvaluator(
         trainer.data.dataset, trainer.data.collator, trainer.data.codec, trainer.geometry, 2,
         trainer.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id),
-        SpeakerEncoder(tiny_speaker_model(tmp_path / "spk")),
+        SpeakerEncoder(tiny_speaker_model(tmp_path / "spk")), asr=Transcriber(tiny_asr_model(tmp_path / "asr")),
     )  # fmt: skip
     values = evaluator.run(trainer.engine.module)
     assert values["eval/gen_samples"] == 2.0
@@ -55,5 +56,6 @@ def test_generation_metrics_on_a_real_model(assets, prepared_corpus: Path, tmp_p
     assert 0.0 <= values["eval/gen_duration_ratio"] <= 2.5
     assert -1.0 <= values["eval/gen_speaker_sim_target"] <= 1.0
     assert math.isnan(values["eval/gen_speaker_sim"]) or -1.0 <= values["eval/gen_speaker_sim"] <= 1.0
+    assert values["eval/gen_wer"] >= 0 and values["eval/gen_wer_target"] >= 0
     assert evaluator.last_codes is not None and evaluator.last_codes.shape[0] == trainer.geometry.num_codebooks
     assert trainer.engine.module.training  # evaluation leaves the model as it found it
