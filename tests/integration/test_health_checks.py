@@ -80,6 +80,12 @@ def _gradient_reaches_no_trainable_weight(trainer: Trainer) -> None:
         param.requires_grad_(name.startswith(last))  # in the graph, but no labelled position depends on it
 
 
+def _infinite_gradient(trainer: Trainer) -> None:
+    """Every backward leaves an infinite gradient on the audio head (DeepSpeed then skips the optimizer step)."""
+    head = trainer.engine.module.llm.audio_lm_head.weight
+    head.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+
+
 class _HoldDown:
     """A scheduler that sets every param group's LR to 1e-7 at each step (e.g. state from another run)."""
 
@@ -130,6 +136,10 @@ INJECTIONS = {
         HealthCheck.GRAD_NORM, _gradient_reaches_no_trainable_weight, ("monitor.on_params_unchanged=warn",),
         names_samples=False, reason="global gradient norm is 0.0",
     ),  # fmt: skip
+    "grad_norm_infinite": Injection(
+        HealthCheck.GRAD_NORM, _infinite_gradient, ("monitor.on_params_unchanged=warn",), names_samples=False,
+        reason="global gradient norm is inf",
+    ),  # fmt: skip
     "lr_configured_too_small": Injection(
         HealthCheck.LR_LOW, None, ("train.lr=1e-7", "train.min_lr=0"), names_samples=False, reason="too small"
     ),
@@ -165,6 +175,7 @@ def test_warn_keeps_training_counts_and_names_the_samples(
     with caplog.at_level("WARNING", logger="ds_train"):
         result = trainer.fit()
     assert result.final_step == 3
+    assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())  # nothing reached the weights
     failing_steps = read_scalars(trainer.tb_dir)[f"health/{injection.check.value}"]
     assert failing_steps[3] >= 2, failing_steps
     assert re.search(rf"\[health:{injection.check.value}\] step \d+: .*{injection.reason}", caplog.text)
