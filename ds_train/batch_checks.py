@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from data_pipeline.types import IGNORE_INDEX, AudioGeometry
+from data_pipeline.collator import select_rows
+from data_pipeline.types import IGNORE_INDEX, AudioGeometry, BadSample
 from ds_train.health import HealthCheck
 
 
@@ -77,6 +78,23 @@ def find_row_failures(batch: dict, rules: BatchRules) -> list[RowFailure]:
         for row, reason in _whisper_problems(batch, rules).items():
             failures.setdefault(row, RowFailure(HealthCheck.WHISPER_FEATURES, row, ids[row], reason))
     return sorted(failures.values(), key=lambda f: f.row)
+
+
+def collate_screened(collate, rules: BatchRules, examples: list) -> dict:
+    """`collate(examples)` without the rows that fail a check: they join the batch's `bad_samples` (id and
+    "[health:<check>] reason"), so a reader that skips bad rows (the evaluator) skips and counts them too."""
+    batch = collate(examples)
+    if batch.get("empty"):
+        return batch
+    failures = find_row_failures(batch, rules)
+    if not failures:
+        return batch
+    bad = [*batch.get("bad_samples", []),
+           *(BadSample(f.sample_id, f"[health:{f.check.value}] {f.reason}") for f in failures)]  # fmt: skip
+    keep = sorted(set(range(len(batch["sample_ids"]))) - {f.row for f in failures})
+    if not keep:
+        return {"bad_samples": bad, "empty": True}
+    return {**select_rows(batch, keep), "bad_samples": bad}
 
 
 def _whisper_problems(batch: dict, rules: BatchRules) -> dict[int, str]:

@@ -4,6 +4,7 @@ stop on a signal."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ds_train.align import check_align, optimizer_param_groups, trained_part_norms
-from ds_train.batch_checks import BatchRules
+from ds_train.batch_checks import BatchRules, collate_screened
 from ds_train.batch_stream import BatchStream
 from ds_train.build import build_model, build_tokenizer
 from ds_train.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
@@ -64,6 +65,7 @@ class TrainResult:
     lrs: dict[int, float] = field(default_factory=dict)
     eval_losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> eval/loss, when evaluated
     stopped_by: str | None = None  # "SIGTERM", "SIGINT" or "wall-time limit" when the run stopped early
+    last_eval: dict[str, float] = field(default_factory=dict)  # the last evaluation's eval/* values
 
 
 def _all_ranks_finite(loss: torch.Tensor, device: torch.device) -> bool:
@@ -146,8 +148,10 @@ class Trainer:
         )  # fmt: skip
         self.evaluator = None
         if self.data.eval_dataset is not None and t.eval_every > 0:
+            # eval rows that fail a batch check are skipped and counted (eval/bad_samples), like rows that fail to load
+            collate = functools.partial(collate_screened, self.data.collator, self._batch_rules())
             self.evaluator = Evaluator(
-                self.data.eval_dataset, self.data.collator, self.prepare_batch, self.geometry.num_codebooks,
+                self.data.eval_dataset, collate, self.prepare_batch, self.geometry.num_codebooks,
                 cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
             )  # fmt: skip
         self.last_eval: dict[str, float] = {}  # the latest evaluation's eval/* values
@@ -345,6 +349,7 @@ class Trainer:
             stopper.restore()
             self.metrics.close()
         result.final_step = self.step
+        result.last_eval = dict(self.last_eval)
         return result
 
     def _log_start(self) -> None:

@@ -40,6 +40,8 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     assert float(summary[1].split(": ")[1].split(" nats")[0]) == pytest.approx(gain, abs=2e-4)
     assert "swapped alone: codes " in summary[0]
     assert "(latest: global_step12, best eval loss: global_step12)" in proc.stdout
+    last = next(line for line in proc.stdout.splitlines() if line.startswith("Last evaluation:"))
+    assert f"loss {scalars['eval/loss'][12]:.4g}" in last and "conditioning gain" in last and "stop rate" in last
     assert any("eval     12 | loss" in line for line in proc.stderr.splitlines())
     assert scalars["train/loss"][12] < scalars["train/loss"][1]
     assert all(v > 0 for v in scalars["train/lr"].values())

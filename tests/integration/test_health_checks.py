@@ -6,6 +6,8 @@ cause. Deleting any check makes its two tests fail."""
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from data_pipeline.types import IGNORE_INDEX
+from ds_train.batch_checks import collate_screened
 from ds_train.health import HealthCheck, HealthError
 from ds_train.trainer import Trainer
 from tests.helpers import inject, make_config, read_scalars
@@ -202,3 +205,23 @@ def test_halt_stops_after_halt_after_steps_naming_check_step_samples_cause(
     if injection.names_samples:
         assert "; samples: " in message
     assert trainer.step == injection.halts_at
+
+
+def test_eval_rows_failing_a_check_are_skipped_and_counted(assets, prepared_corpus: Path, tmp_path: Path) -> None:
+    """An eval sample with an id out of range would crash the evaluation's forward: it is skipped, named and counted
+    (eval/bad_samples), and the evaluation goes on over the other samples."""
+    trainer = Trainer(make_config(assets, tmp_path, f"data.prepared={prepared_corpus}",
+                                  f"data.eval_prepared={prepared_corpus}", "train.tensorboard=false"))  # fmt: skip
+    clean = trainer.evaluate()
+    collate, calls = trainer.data.collator, iter(range(1 << 20))
+
+    def tampered(examples: list) -> dict:
+        batch = collate(examples)
+        if next(calls) == 0:  # sample 0 of the first eval micro-batch
+            _text_id_out_of_range(batch)
+        return batch
+
+    trainer.evaluator.collate = functools.partial(collate_screened, tampered, trainer._batch_rules())
+    values = trainer.evaluate()
+    assert values["eval/bad_samples"] == 1.0 and clean["eval/bad_samples"] == 0.0
+    assert values["eval/samples"] == clean["eval/samples"] - 1 and math.isfinite(values["eval/loss"])
