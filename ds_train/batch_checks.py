@@ -91,10 +91,14 @@ def collate_screened(collate, rules: BatchRules, examples: list) -> dict:
         return batch
     bad = [*batch.get("bad_samples", []),
            *(BadSample(f.sample_id, f"[health:{f.check.value}] {f.reason}") for f in failures)]  # fmt: skip
+    kept = without_rows(batch, failures)
+    return {"bad_samples": bad, "empty": True} if kept is None else {**kept, "bad_samples": bad}
+
+
+def without_rows(batch: dict, failures: list[RowFailure]) -> dict | None:
+    """The batch without the failing rows (their Whisper chunks with them); None when no row is left."""
     keep = sorted(set(range(len(batch["sample_ids"]))) - {f.row for f in failures})
-    if not keep:
-        return {"bad_samples": bad, "empty": True}
-    return {**select_rows(batch, keep), "bad_samples": bad}
+    return select_rows(batch, keep) if keep else None
 
 
 def _whisper_problems(batch: dict, rules: BatchRules) -> dict[int, str]:

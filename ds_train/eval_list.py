@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile as sf
-import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
@@ -126,8 +125,9 @@ class ListEvaluator:
         seconds = wave.numel() / rate
         result = ItemResult(item.utt, seconds, stopped, silence_share(wave, rate),
                             (time.perf_counter() - started) / max(seconds, 1e-6))  # fmt: skip
-        if self.speaker is not None and wave.numel():
-            result.speaker_sim = self._similarity(wave, rate, prompt, prompt_rate)
+        voice = self.speaker.embed(prompt, prompt_rate) if self.speaker is not None else None  # embedded once
+        if voice is not None and wave.numel():
+            result.speaker_sim = float(self.speaker.embed(wave, rate) @ voice)
         if self.asr is not None:
             result.errors, result.text_units = error_counts(item.text, self.asr.transcribe(wave, rate))
             result.wer = result.errors / max(result.text_units, 1)
@@ -136,8 +136,8 @@ class ListEvaluator:
             result.gt_seconds = gt.numel() / gt_rate
             result.duration_ratio = seconds / max(result.gt_seconds, 1e-6)
             result.gt_silence_share = silence_share(gt, gt_rate)
-            if self.speaker is not None:
-                result.gt_speaker_sim = self._similarity(gt, gt_rate, prompt, prompt_rate)
+            if voice is not None:
+                result.gt_speaker_sim = float(self.speaker.embed(gt, gt_rate) @ voice)
             if self.asr is not None:
                 result.gt_errors, _ = error_counts(item.text, self.asr.transcribe(gt, gt_rate))
                 result.gt_wer = result.gt_errors / max(result.text_units, 1)
@@ -145,12 +145,6 @@ class ListEvaluator:
         _write_atomic(wav, lambda p: sf.write(str(p), wave.numpy(), rate, format="WAV"))
         _write_atomic(done, lambda p: p.write_text(json.dumps(asdict(result))))
         return result
-
-    def _similarity(self, a: torch.Tensor, rate_a: int, b: torch.Tensor, rate_b: int) -> float:
-        from data_pipeline.audio import resample
-
-        return self.speaker.similarity(a, resample(b, rate_b, rate_a), rate_a)
-
 
 def _write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

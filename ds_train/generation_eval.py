@@ -133,9 +133,9 @@ class GenerationEvaluator:
         sr = self.codec.sample_rate
         target = self.codec.decode(target_codes).clamp(-1, 1) if self.speaker or self.asr else None
         if self.speaker is not None:
-            reference = self.codec.decode(reference_codes).clamp(-1, 1)
-            sim = self.speaker.similarity(wave, reference, sr) if wave.numel() else math.nan
-            sim_target = self.speaker.similarity(target, reference, sr)
+            voice = self.speaker.embed(self.codec.decode(reference_codes).clamp(-1, 1), sr)  # embedded once
+            sim = float(self.speaker.embed(wave, sr) @ voice) if wave.numel() else math.nan
+            sim_target = float(self.speaker.embed(target, sr) @ voice)
         if self.asr is not None:
             text = self.dataset.row_sizes(index).text
             errors, units = error_counts(text, self.asr.transcribe(wave, sr))

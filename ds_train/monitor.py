@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from data_pipeline.collator import select_rows
-from ds_train.batch_checks import BatchRules, find_row_failures
+from ds_train.batch_checks import BatchRules, find_row_failures, without_rows
 from ds_train.config import MonitorSection
 from ds_train.grad_norms import full_param
 from ds_train.health import HealthCheck, HealthError
@@ -143,10 +142,10 @@ class HealthMonitor:
             self._pending.setdefault(failure.check, []).append((failure.reason, (failure.sample_id,)))
             log.warning("dropped sample %s: [health:%s] %s", failure.sample_id, failure.check.value, failure.reason)
         self.dropped_samples += len(failures)
-        keep = sorted(set(range(len(batch["sample_ids"]))) - {f.row for f in failures})
-        if keep:
+        kept = without_rows(batch, failures)
+        if kept is not None:
             self._unusable_in_a_row = 0
-            return select_rows(batch, keep)
+            return kept
         self._unusable_in_a_row += 1
         if self._unusable_in_a_row >= MAX_UNUSABLE_MICRO_BATCHES:
             check = failures[-1].check

@@ -271,11 +271,11 @@ class Trainer:
             if self.cfg.monitor.decode_every > 0:
                 self.samples.log(step, *sample, prefix="eval_samples")
             if self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0:
-                self._log_generated(step, sample[0])
+                self._log_generated(step)
         self.evaluator.first_sample = None
         return values
 
-    def _log_generated(self, step: int, batch: dict) -> None:
+    def _log_generated(self, step: int) -> None:
         """Rank 0: free-running generation for a fixed subset of the eval set -> eval/gen_* scalars and, for its first
         sample, TensorBoard audio `eval_samples/generated`."""
         if self.engine.zero_optimization_stage() >= 3:
