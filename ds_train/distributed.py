@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -29,7 +30,34 @@ def init_distributed() -> tuple[int, int, int]:
                 MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
             )
         deepspeed.init_distributed()
+        _release_shm_allreduce_buffer()
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size()
+
+
+SHM_DIR = Path("/dev/shm")
+SHM_ALLREDUCE_PREFIX = "deepspeed_allreduce_buffer"  # SHM_BUFFER_NAME in DeepSpeed's csrc/cpu/comm/shm.cpp
+
+
+def shm_allreduce_buffer(rank: int) -> Path:
+    """The POSIX shared-memory file DeepSpeed's CPU all-reduce creates for `rank` (one per rank, 64 MiB)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return SHM_DIR / f"{SHM_ALLREDUCE_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def _release_shm_allreduce_buffer() -> None:
+    """Unlink this rank's shared-memory all-reduce buffer once every rank has mapped it.
+
+    On the CPU accelerator with every rank on one host (LOCAL_SIZE == world size), DeepSpeed creates one 64 MiB file
+    per rank under /dev/shm and never unlinks it. /dev/shm is RAM: each run left 128 MiB behind for good, a SIGKILLed
+    one too, until a day of test runs filled the tmpfs and the next run was OOM-killed. DeepSpeed's set-up returns only
+    after a rank has mapped all its peers' files, so after a barrier the names are unused; the mappings live on until
+    the processes exit, and the kernel frees the memory then, however they exit."""
+    if deepspeed.get_accelerator().device_name() != "cpu":
+        return
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return  # DeepSpeed's own condition for the shm path; the same on every rank, so all or none reach the barrier
+    dist.barrier()
+    shm_allreduce_buffer(dist.get_rank()).unlink(missing_ok=True)
 
 
 def device_for(local_rank: int) -> torch.device:

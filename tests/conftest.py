@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from data_pipeline.codecs import DacCodec, tiny_dac  # noqa: E402
 from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
 from data_pipeline.prepare import PrepareConfig, prepare  # noqa: E402
+from ds_train.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR  # noqa: E402
 from tests.helpers import Assets  # noqa: E402
 
 
@@ -37,6 +38,16 @@ def prepared_corpus(assets: Assets, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def codec(assets: Assets) -> DacCodec:
     return DacCodec.from_file(assets.codec_file)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_shared_memory():
+    """No run in the suite may leave DeepSpeed's /dev/shm all-reduce buffers behind: /dev/shm is RAM, and leaked
+    buffers piled up across runs until the machine ran out of memory."""
+    before = set(SHM_DIR.glob(f"{SHM_ALLREDUCE_PREFIX}_*"))
+    yield
+    leaked = sorted(str(path) for path in set(SHM_DIR.glob(f"{SHM_ALLREDUCE_PREFIX}_*")) - before)
+    assert not leaked, f"runs left {len(leaked)} shared-memory buffers behind: {leaked[:4]}"
 
 
 @pytest.fixture(autouse=True)

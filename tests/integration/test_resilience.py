@@ -14,6 +14,7 @@ import torch
 from data_pipeline.samplers import DataPosition
 from ds_train.build import build_model
 from ds_train.config import ConfigError, RunConfig
+from ds_train.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR
 from ds_train.trainer import Trainer, train
 from tests.helpers import (
     CONFIGS,
@@ -63,11 +64,14 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
     launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--module", "ds_train"]
     common = ["train.max_steps=6", "train.save_every=3", "data.num_workers=0"]
 
+    ports: list[int] = []
+
     def launch(out: Path, *extra: str, check: bool = True):
+        ports.append(free_port())
         cmd = [
             *launcher[:3],
             "--master_port",
-            str(free_port()),
+            str(ports[-1]),
             *launcher[3:],
             *train_args(assets, out),
             *common,
@@ -83,6 +87,9 @@ def test_two_rank_sigkill_after_save_then_resume_matches_uninterrupted(assets, t
     killed = launch(tmp_path / "killed", "train.debug_kill_after_step=3", check=False)
     assert killed.returncode != 0
     assert (tmp_path / "killed" / "checkpoints" / "latest").read_text() == "global_step3"
+    # DeepSpeed's CPU all-reduce buffers (64 MiB of RAM per rank) do not outlive a finished run or a killed one
+    assert not list(SHM_DIR.glob(f"{SHM_ALLREDUCE_PREFIX}_*_{ports[0]}_*")), "a finished run left its shm buffers"
+    assert not list(SHM_DIR.glob(f"{SHM_ALLREDUCE_PREFIX}_*_{ports[1]}_*")), "a killed run left its shm buffers"
     launch(tmp_path / "killed", "--resume")
     full = read_scalars(tmp_path / "full" / "tensorboard")["train/loss"]
     resumed = read_scalars(tmp_path / "killed" / "tensorboard")["train/loss"]
