@@ -93,6 +93,7 @@ def _main(argv: list[str]) -> int:
     p_eval.add_argument("--speaker-model", default=None, help="local x-vector model dir for speaker similarity")
     p_eval.add_argument("--asr-model", default=None, help="local Whisper ASR model dir for the word error rate")
     p_eval.add_argument("--language", default=None, help="language the ASR transcribes in (e.g. en, zh)")
+    p_eval.add_argument("--batch-size", type=int, default=8, help="lines generated together (greedy: same audio)")
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
@@ -132,7 +133,7 @@ def _main(argv: list[str]) -> int:
         from ds_train.eval_list import evaluate_list
 
         summary = evaluate_list(args.checkpoint, args.list, args.out, args.tag, args.max_seconds, args.speaker_model,
-                                args.asr_model, args.language)  # fmt: skip
+                                args.asr_model, args.language, args.batch_size)  # fmt: skip
         if summary is not None:
             print((Path(args.out) / "summary.md").read_text(), end="")
         return 0

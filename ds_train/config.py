@@ -215,7 +215,7 @@ class MonitorSection(_Section):
     # Each evaluation, rank 0 also generates (free-running, greedy) `generate_samples` eval examples (the first ones,
     # the same each time), each up to twice its real length and at most `generate_seconds`; it reports eval/gen_*
     # (stop rate, duration ratio, silence; ds_train/generation_eval.py) and logs the first as TensorBoard audio.
-    # ZeRO-0/1/2 only (under ZeRO-3 no rank holds every weight). 0 = off.
+    # Under ZeRO-3 every rank generates the same batch in step (no rank holds every weight). 0 = off.
     generate_seconds: float = 10.0
     generate_samples: int = 4
     speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)

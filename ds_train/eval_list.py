@@ -1,9 +1,10 @@
 """`python -m ds_train evaluate`: clone every line of a Seed-TTS-eval test list with a checkpoint and measure it.
 
     python -m ds_train evaluate --checkpoint runs/exp1 [--tag best] --list meta.lst --out eval_out \
-        [--speaker-model DIR] [--asr-model DIR --language en] [--max-seconds 20]
+        [--speaker-model DIR] [--asr-model DIR --language en] [--max-seconds 20] [--batch-size 8]
 
-The list is Seed-TTS-eval's `meta.lst`: one line per utterance, `utt|prompt_text|prompt_wav|infer_text[|gt_wav]`,
+Lines are generated `--batch-size` at a time (greedy: the same audio as one at a time). The list is Seed-TTS-eval's
+`meta.lst`: one line per utterance, `utt|prompt_text|prompt_wav|infer_text[|gt_wav]`,
 paths relative to the list. For every line the cloned speech goes to `wavs/<utt>.wav` and its measures to
 `items/<utt>.json` (written last: a line with its json is done, so a re-run resumes where it stopped). At the end,
 `results.csv` (one row per utterance) and `summary.json` / `summary.md`: stop rate, duration ratio, silence share,
@@ -25,14 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile as sf
+import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from data_pipeline.audio import load_mono
-from data_pipeline.errors import InputError
+from data_pipeline.errors import InputError, UsageError
 from data_pipeline.manifest import Reject, text_lines
 from ds_train.distributed import device_for, init_distributed
-from ds_train.generate import VoiceCloner
+from ds_train.generate import CloneRequest, VoiceCloner
 from ds_train.generation_eval import silence_share
 from ds_train.intelligibility import Transcriber, error_counts
 from ds_train.speaker_similarity import SpeakerEncoder
@@ -114,17 +116,34 @@ class ListEvaluator:
     ) -> None:  # fmt: skip
         self.cloner, self.out, self.max_seconds, self.speaker, self.asr = cloner, out, max_seconds, speaker, asr
 
-    def run_item(self, item: ListItem) -> ItemResult:
-        done = self.out / "items" / f"{item.utt}.json"
-        if done.is_file():
-            return ItemResult(**json.loads(done.read_text()))
-        prompt, prompt_rate = load_mono(item.prompt_wav)
+    def run_items(self, items: list[ListItem]) -> None:
+        """Clone the lines not done yet as one batch, measure and write each. The real-time factor of each is the
+        batch's generation time over the batch's generated audio."""
+        todo = [item for item in items if not self._done(item).is_file()]
+        if not todo:
+            return
+        prompts = [load_mono(item.prompt_wav) for item in todo]
+        requests = [
+            CloneRequest(wave, rate, item.prompt_text, item.text)
+            for item, (wave, rate) in zip(todo, prompts, strict=True)
+        ]
         started = time.perf_counter()
-        wave, stopped = self.cloner.clone(prompt, prompt_rate, item.prompt_text, item.text, self.max_seconds)
+        cloned = self.cloner.clone_batch(requests, self.max_seconds)
+        rate = self.cloner.codec.sample_rate
+        audio_seconds = sum(wave.numel() for wave, _ in cloned) / rate
+        rtf = (time.perf_counter() - started) / max(audio_seconds, 1e-6)
+        for item, (prompt, prompt_rate), (wave, stopped) in zip(todo, prompts, cloned, strict=True):
+            self._measure_and_write(item, prompt, prompt_rate, wave, stopped, rtf)
+
+    def _done(self, item: ListItem) -> Path:
+        return self.out / "items" / f"{item.utt}.json"
+
+    def _measure_and_write(
+        self, item: ListItem, prompt: torch.Tensor, prompt_rate: int, wave: torch.Tensor, stopped: bool, rtf: float
+    ) -> None:
         rate = self.cloner.codec.sample_rate
         seconds = wave.numel() / rate
-        result = ItemResult(item.utt, seconds, stopped, silence_share(wave, rate),
-                            (time.perf_counter() - started) / max(seconds, 1e-6))  # fmt: skip
+        result = ItemResult(item.utt, seconds, stopped, silence_share(wave, rate), rtf)
         voice = self.speaker.embed(prompt, prompt_rate) if self.speaker is not None else None  # embedded once
         if voice is not None and wave.numel():
             result.speaker_sim = float(self.speaker.embed(wave, rate) @ voice)
@@ -143,8 +162,8 @@ class ListEvaluator:
                 result.gt_wer = result.gt_errors / max(result.text_units, 1)
         wav = self.out / "wavs" / f"{item.utt}.wav"
         _write_atomic(wav, lambda p: sf.write(str(p), wave.numpy(), rate, format="WAV"))
-        _write_atomic(done, lambda p: p.write_text(json.dumps(asdict(result))))
-        return result
+        _write_atomic(self._done(item), lambda p: p.write_text(json.dumps(asdict(result))))
+
 
 def _write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,12 +214,14 @@ def _markdown(summary: dict) -> str:
 
 def evaluate_list(
     checkpoint: str | Path, list_path: str | Path, out: str | Path, which: str = "latest", max_seconds: float = 20.0,
-    speaker_model: str | None = None, asr_model: str | None = None, language: str | None = None,
+    speaker_model: str | None = None, asr_model: str | None = None, language: str | None = None, batch_size: int = 8,
 ) -> dict | None:  # fmt: skip
     """Clone and measure this rank's lines; rank 0 then writes the CSV and summary -> the summary (None elsewhere)."""
     list_path, out = Path(list_path), Path(out)
     if not list_path.is_file():
         raise InputError(f"test list {list_path} does not exist")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     rank, local, world = init_distributed() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else (0, 0, 1)
     items, rejects = read_list(list_path)
     for r in rejects:
@@ -211,8 +232,10 @@ def evaluate_list(
     asr = Transcriber(asr_model, device, language) if asr_model else None
     evaluator = ListEvaluator(cloner, out, max_seconds, speaker, asr)
     mine = items[rank::world]
-    for item in tqdm(mine, desc=f"evaluate rank {rank}", unit="utt", disable=rank != 0, dynamic_ncols=True):
-        evaluator.run_item(item)
+    with tqdm(total=len(mine), desc=f"evaluate rank {rank}", unit="utt", disable=rank != 0, dynamic_ncols=True) as bar:
+        for start in range(0, len(mine), batch_size):
+            evaluator.run_items(mine[start : start + batch_size])
+            bar.update(len(mine[start : start + batch_size]))
     if world > 1:
         dist.barrier()
     if rank != 0:

@@ -64,12 +64,52 @@ def prompt_from_batch(batch: dict, row: int, audio_out_bos: int, audio_placehold
     }  # fmt: skip
     if "whisper_chunk_sample" in batch:
         chunks = batch["whisper_chunk_sample"] == row
-        for key in ("whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths",
-                    "whisper_token_counts"):  # fmt: skip
+        for key in WHISPER_KEYS:
             if key in batch:
                 cut[key] = batch[key][chunks.to(batch[key].device)]
         cut["whisper_chunk_sample"] = torch.zeros(int(chunks.sum()), dtype=torch.long)
     return Prompt(cut, ref_frames)
+
+
+WHISPER_KEYS = ("whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths",
+                "whisper_token_counts")  # fmt: skip
+
+
+def stack_prompts(prompts: list[Prompt], pad_token_id: int) -> Prompt:
+    """Prompts of one row each -> one prompt of B rows, as transformers' HiggsAudioV2 generates a batch: the text ids
+    left-padded, so every row ends at its `<|audio_out_bos|>` and the new frames of all rows line up, and the reference
+    frames right-padded to the longest (mask False), since its cache bookkeeping counts a row's frames from the left.
+    Whisper chunks keep row order. `ref_frames` of the result is the padded count F: generated frames start there.
+    -> input_ids [B, L], attention_mask [B, L], audio_input_ids [B, F, C], audio_input_ids_mask [B, F]."""
+    if len(prompts) == 1:
+        return prompts[0]
+    rows = [p.batch for p in prompts]
+    length = max(r["input_ids"].shape[1] for r in rows)
+    frames = max(p.ref_frames for p in prompts)
+    codebooks = rows[0]["audio_input_ids"].shape[2]
+    batch = {
+        "input_ids": torch.full((len(rows), length), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+        "audio_input_ids": torch.zeros(len(rows), frames, codebooks, dtype=torch.long),
+        "audio_input_ids_mask": torch.zeros(len(rows), frames, dtype=torch.bool),
+    }
+    for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
+        n = row["input_ids"].shape[1]
+        batch["input_ids"][i, length - n :] = row["input_ids"][0]
+        batch["attention_mask"][i, length - n :] = row["attention_mask"][0]
+        batch["audio_input_ids"][i, : prompt.ref_frames] = row["audio_input_ids"][0]
+        batch["audio_input_ids_mask"][i, : prompt.ref_frames] = row["audio_input_ids_mask"][0]
+    if "whisper_chunk_sample" in rows[0]:
+        for key in (k for k in WHISPER_KEYS if k in rows[0]):
+            parts = [r[key] for r in rows]
+            if parts[0].dim() == 2:  # waveforms [N, S]: zero-padded to the longest chunk of the batch
+                width = max(t.shape[1] for t in parts)
+                parts = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in parts]
+            batch[key] = torch.cat(parts)
+        batch["whisper_chunk_sample"] = torch.cat(
+            [torch.full_like(r["whisper_chunk_sample"], i) for i, r in enumerate(rows)]
+        )
+    return Prompt(batch, frames)
 
 
 def frame_budget(seconds: float, frame_rate: float, geometry: AudioGeometry) -> int:
@@ -132,7 +172,6 @@ def _refuse_chunked_prefill(prefill_chunk_size: int | None) -> None:
         )
 
 
-@torch.no_grad()
 def generate_frames(
     model: VoiceCloningModel,
     prompt: Prompt,
@@ -145,6 +184,33 @@ def generate_frames(
     """-> the generated delayed frames [F, C] (all-BOS frame first), as the model produced them. `seed` seeds the
     sampling (same seed, same frames). `prefill_chunk_size` is refused: see `_refuse_chunked_prefill`."""
     _refuse_chunked_prefill(prefill_chunk_size)
+    return _generate(model, prompt, max_frames, temperature, top_k, seed)[0]
+
+
+def generate_frames_batch(
+    model: VoiceCloningModel,
+    prompts: list[Prompt],
+    max_frames: int,
+    pad_token_id: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    synced_ranks: bool = False,
+) -> list[torch.Tensor]:
+    """Several prompts generated together -> each one's delayed frames [F, C] (all-BOS frame first). Greedy frames
+    equal those of `generate_frames` one prompt at a time (tested); a row that has ended keeps emitting all-EOS frames
+    until the last row ends or `max_frames`, which `frames_to_codes` and `stopped` read as its end. `synced_ranks`:
+    every rank is generating (ZeRO-3 gathers weights in each forward), and each keeps stepping until all are done."""
+    prompt = stack_prompts(prompts, pad_token_id)
+    return list(_generate(model, prompt, max_frames, temperature, top_k, seed, synced_ranks).unbind(0))
+
+
+@torch.no_grad()
+def _generate(
+    model: VoiceCloningModel, prompt: Prompt, max_frames: int, temperature: float, top_k: int, seed: int | None,
+    synced_ranks: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """A prompt of B rows -> generated delayed frames [B, F, C]."""
     batch = BatchPreparer(next(model.parameters()).device)(prompt.batch)
     model.eval()
     model.arm_audio_in(
@@ -158,11 +224,22 @@ def generate_frames(
         out = model.llm.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             audio_input_ids=batch["audio_input_ids"], audio_input_ids_mask=batch["audio_input_ids_mask"],
-            max_new_tokens=max_frames, return_dict_in_generate=True, **sampling_options(temperature, top_k),
+            max_new_tokens=max_frames, return_dict_in_generate=True, synced_gpus=synced_ranks,
+            **sampling_options(temperature, top_k),
         )  # fmt: skip
     finally:
         model.arm_audio_in(None)
-    return out.audio_sequences[0, prompt.ref_frames :].cpu()
+    return out.audio_sequences[:, prompt.ref_frames :].cpu()
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """One voice to clone: the reference waveform [S] at `ref_rate`, its transcript, and the text to speak."""
+
+    ref_wave: torch.Tensor
+    ref_rate: int
+    ref_text: str
+    text: str
 
 
 class VoiceCloner:
@@ -187,17 +264,33 @@ class VoiceCloner:
     ) -> tuple[torch.Tensor, bool]:  # fmt: skip
         """Reference waveform [S] at `ref_rate` -> (cloned speech [S'] at the codec's rate, whether generation ended
         with the stream EOS before `max_seconds`)."""
+        return self.clone_batch([CloneRequest(ref_wave, ref_rate, ref_text, text)], max_seconds, temperature, top_k,
+                                seed)[0]  # fmt: skip
+
+    def clone_batch(
+        self, requests: list[CloneRequest], max_seconds: float = 20.0, temperature: float = 0.0, top_k: int = 0,
+        seed: int | None = 0,
+    ) -> list[tuple[torch.Tensor, bool]]:  # fmt: skip
+        """Several clones generated as one batch -> per request (speech [S'] at the codec's rate, stopped). Greedy
+        results equal those of `clone` one at a time."""
         from data_pipeline.audio import resample
         from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
 
-        (ref_codes,) = self.codec.encode([ref_wave], ref_rate)
-        prompt = build_prompt(self.layout, self.collator, ref_text, ref_codes, text,
-                              resample(ref_wave, ref_rate, WHISPER_SAMPLE_RATE))  # fmt: skip
+        prompts = []
+        for r in requests:
+            (ref_codes,) = self.codec.encode([r.ref_wave], r.ref_rate)
+            ref_16k = resample(r.ref_wave, r.ref_rate, WHISPER_SAMPLE_RATE)
+            prompts.append(build_prompt(self.layout, self.collator, r.ref_text, ref_codes, r.text, ref_16k))
         max_frames = frame_budget(max_seconds, self.codec.frame_rate, self.geometry)
-        frames = generate_frames(self.model, prompt, max_frames, temperature, top_k, seed)
-        codes = frames_to_codes(frames, self.geometry)
-        wave = self.codec.decode(codes).clamp(-1, 1).cpu() if codes.shape[1] else torch.zeros(0)
-        return wave, stopped(frames, self.geometry)
+        frames = generate_frames_batch(
+            self.model, prompts, max_frames, self.collator.pad_token_id, temperature, top_k, seed
+        )
+        results = []
+        for row in frames:
+            codes = frames_to_codes(row, self.geometry)
+            wave = self.codec.decode(codes).clamp(-1, 1).cpu() if codes.shape[1] else torch.zeros(0)
+            results.append((wave, stopped(row, self.geometry)))
+        return results
 
 
 def clone_voice(

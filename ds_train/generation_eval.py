@@ -1,8 +1,8 @@
 """Free-running generation metrics at each evaluation: does the model stop, at about the right length, without
 silence, in the reference's voice?
 
-For a bounded, fixed subset of the eval set (its first `monitor.generate_samples` examples), rank 0 generates each
-target from its prompt (greedy, up to the target's length x `LENGTH_CAP` plus the delay tail, and at most
+For a bounded, fixed subset of the eval set (its first `monitor.generate_samples` examples), rank 0 generates every
+target from its prompt in one batch (greedy, up to the target's length x `LENGTH_CAP` plus the delay tail, and at most
 `monitor.generate_seconds`) and reports under `eval/`:
 - `gen_stop_rate`: share that ended with the stream EOS before the length cap ("runs to the maximum length");
 - `gen_duration_ratio`: generated / real target duration, mean over the subset;
@@ -25,7 +25,7 @@ import torch
 from data_pipeline.codecs import Codec
 from data_pipeline.delay_pattern import revert_delay
 from data_pipeline.types import AudioGeometry
-from ds_train.generate import frames_to_codes, generate_frames, prompt_from_batch, stopped
+from ds_train.generate import Prompt, frames_to_codes, generate_frames_batch, prompt_from_batch, stopped
 from ds_train.intelligibility import Transcriber, error_counts
 from ds_train.safe_decode import sanitize_codes
 from ds_train.speaker_similarity import SpeakerEncoder
@@ -60,8 +60,6 @@ def silence_share(wave: torch.Tensor, sample_rate: int, dbfs: float = SILENT_FRA
     return float((rms < 10 ** (dbfs / 20)).float().mean())
 
 
-
-
 def summarize(samples: list[GeneratedSample]) -> dict[str, float]:
     if not samples:
         return {}
@@ -83,7 +81,8 @@ def summarize(samples: list[GeneratedSample]) -> dict[str, float]:
 
 
 class GenerationEvaluator:
-    """Generates the fixed subset and measures it; one process (rank 0), the model must hold every weight."""
+    """Generates the fixed subset and measures it: on rank 0 alone when it holds every weight, on every rank in step
+    under ZeRO-3 (`run(synced_ranks=True)`)."""
 
     def __init__(
         self, dataset, collator, codec: Codec, geometry: AudioGeometry, count: int, audio_out_bos: int,
@@ -97,40 +96,64 @@ class GenerationEvaluator:
         self.max_frames = max_frames  # the generated frames allowed per sample, whatever its target's length
         self.asr = asr
         self.last_codes: torch.Tensor | None = None  # the first sample's generated codes [C, T], for TensorBoard
+        self.last_wave: torch.Tensor | None = None  # ...and their decoded waveform [S]
 
-    def run(self, model) -> dict[str, float]:
-        """eval/gen_* over the subset (examples that fail to load or generate are logged and left out)."""
+    def run(self, model, synced_ranks: bool = False) -> dict[str, float]:
+        """eval/gen_* over the subset, generated as one batch (examples that fail to load or measure are logged and
+        left out). `synced_ranks`: every rank calls this with the same subset, generating in step (ZeRO-3)."""
         was_training = model.training
-        results = []
         try:
-            for index in self.indices:
-                try:
-                    results.append(self._one(model, index))
-                except Exception as err:  # noqa: BLE001 - an evaluation extra must never stop training
-                    log.warning("generation for eval example %d failed and was left out: %s: %s", index,
-                                type(err).__name__, err)  # fmt: skip
+            loaded = [item for item in map(self._load, self.indices) if item is not None]
+            if not loaded:
+                return {}
+            caps = [self._cap(target) for _, _, _, target, _ in loaded]
+            prompts = [prompt for _, _, prompt, _, _ in loaded]
+            frames = generate_frames_batch(model, prompts, max(caps), self.collator.pad_token_id,
+                                           synced_ranks=synced_ranks)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - an evaluation extra must never stop training
+            log.warning("generation for the eval subset failed and was left out: %s: %s", type(err).__name__, err)
+            return {}
         finally:
             model.train(was_training)
+        results = []
+        for (index, sample_id, _, target, reference), row, cap in zip(loaded, frames, caps, strict=True):
+            try:  # each row as if generated alone with its own cap: greedy rows do not depend on their batch
+                results.append(self._measure(index, sample_id, row[:cap], target, reference))
+            except Exception as err:  # noqa: BLE001
+                log.warning("measuring generated eval example %d failed and it was left out: %s: %s", index,
+                            type(err).__name__, err)  # fmt: skip
         return summarize(results)
 
-    def _one(self, model, index: int) -> GeneratedSample:
-        example = self.dataset[index]
-        batch = self.collator([example])
-        if batch.get("empty"):
-            raise ValueError(f"eval example {index} did not load")
-        prompt = prompt_from_batch(batch, 0, self.audio_out_bos, self.audio_placeholders)
-        target_codes, reference_codes = self._target_and_reference(batch, prompt.ref_frames)
-        rate = self.codec.frame_rate
-        target_seconds = target_codes.shape[1] / rate
+    def _load(self, index: int) -> tuple[int, str, Prompt, torch.Tensor, torch.Tensor] | None:
+        """-> (index, sample id, prompt, target codes [C, T], reference codes [C, T']), or None (logged)."""
+        try:
+            batch = self.collator([self.dataset[index]])
+            if batch.get("empty"):
+                raise ValueError("it did not load")
+            prompt = prompt_from_batch(batch, 0, self.audio_out_bos, self.audio_placeholders)
+            target, reference = self._target_and_reference(batch, prompt.ref_frames)
+        except Exception as err:  # noqa: BLE001
+            log.warning("eval example %d was left out of generation: %s: %s", index, type(err).__name__, err)
+            return None
+        return index, batch["sample_ids"][0], prompt, target, reference
+
+    def _cap(self, target_codes: torch.Tensor) -> int:
+        """Generated frames allowed for a target [C, T]: LENGTH_CAP x its length plus the delay tail, at most
+        `max_frames`."""
         cap = int(LENGTH_CAP * target_codes.shape[1]) + self.geometry.num_codebooks + 1
-        cap = min(cap, self.max_frames or cap)
-        frames = generate_frames(model, prompt, cap)
+        return min(cap, self.max_frames or cap)
+
+    def _measure(
+        self, index: int, sample_id: str, frames: torch.Tensor, target_codes: torch.Tensor,
+        reference_codes: torch.Tensor,
+    ) -> GeneratedSample:  # fmt: skip
+        """frames [F, C]: one example's generated delayed frames -> its measures."""
         codes = frames_to_codes(frames, self.geometry)
-        if index == self.indices[0]:
-            self.last_codes = codes
+        rate, sr = self.codec.frame_rate, self.codec.sample_rate
         wave = self.codec.decode(codes).clamp(-1, 1) if codes.shape[1] else torch.zeros(0)
+        if index == self.indices[0]:
+            self.last_codes, self.last_wave = codes, wave
         sim = sim_target = errors = errors_target = units = None
-        sr = self.codec.sample_rate
         target = self.codec.decode(target_codes).clamp(-1, 1) if self.speaker or self.asr else None
         if self.speaker is not None:
             voice = self.speaker.embed(self.codec.decode(reference_codes).clamp(-1, 1), sr)  # embedded once
@@ -141,7 +164,7 @@ class GenerationEvaluator:
             errors, units = error_counts(text, self.asr.transcribe(wave, sr))
             errors_target, _ = error_counts(text, self.asr.transcribe(target, sr))
         return GeneratedSample(
-            batch["sample_ids"][0], stopped(frames, self.geometry), codes.shape[1] / rate, target_seconds,
+            sample_id, stopped(frames, self.geometry), codes.shape[1] / rate, target_codes.shape[1] / rate,
             silence_share(wave, sr), sim, sim_target, errors, errors_target, units,
         )  # fmt: skip
 

@@ -12,6 +12,8 @@ Position t predicts the token at t+1 (inputs and labels arrive aligned; the shif
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from data_pipeline.types import IGNORE_INDEX
 from ds_train.loss import LossWeights
 
 PROJECTOR_FILE = "projector.safetensors"
+# Whisper chunks `remember_whisper` keeps (about 1 MB each for a 3B model in bf16: 150 tokens x 3072 x 2 bytes)
+WHISPER_MEMO_CHUNKS = 2048
 
 
 class WhisperTower(nn.Module):
@@ -100,7 +104,6 @@ class VoiceCloningOutput:
         """<|AUDIO|> positions of the batch that received a Whisper embedding."""
         return int(self.audio_in_placed.sum())
 
-
     loss: torch.Tensor
     audio_loss: torch.Tensor
     text_loss: torch.Tensor | None
@@ -127,6 +130,8 @@ class VoiceCloningModel(nn.Module):
         self.audio_in_token_id = audio_in_token_id
         self._pending_audio_in: tuple[torch.Tensor, torch.Tensor] | None = None
         self._audio_in_used: list[int] = []  # per batch row: how many of its <|AUDIO|> embeddings are placed
+        self._whisper_memo: dict[tuple[bytes, int], torch.Tensor] | None = None  # see `remember_whisper`
+        self._whisper_memo_limit = 0
         # The transformers model embeds input_ids itself; a hook on its embedding swaps in the Whisper outputs.
         self.audio_in_hook = self.llm.model.embed_tokens.register_forward_hook(self._inject_audio_in)
 
@@ -178,14 +183,45 @@ class VoiceCloningModel(nn.Module):
                 f"batch has {num_positions} <|AUDIO|> positions but no Whisper features "
                 f"(shape {None if features is None else tuple(features.shape)})"
             )
-        embeds = self.whisper(features)  # [N, 750, H]
-        valid = torch.arange(embeds.shape[1], device=embeds.device)[None, :] < token_counts.to(embeds.device)[:, None]
-        flat = embeds[valid]
+        flat = self._whisper_tokens(features, token_counts)
         if flat.shape[0] != num_positions:
             raise ValueError(
                 f"Whisper chunks fill {flat.shape[0]} positions but the batch has {num_positions} <|AUDIO|>"
             )
         return positions, flat
+
+    @contextmanager
+    def remember_whisper(self, max_chunks: int = WHISPER_MEMO_CHUNKS):
+        """Within: each distinct Whisper chunk (same features, same token count) goes through the tower once; the
+        first `max_chunks` are kept. For evaluation, where the weights stay put and the conditioning gain's swapped
+        passes bring the eval set's own references back three more times (the tower was over half of their cost).
+        Not under ZeRO-3: a rank that found all its chunks remembered would skip a forward whose weight gathers the
+        other ranks wait for."""
+        self._whisper_memo, self._whisper_memo_limit = {}, max_chunks
+        try:
+            yield
+        finally:
+            self._whisper_memo = None
+
+    def _whisper_tokens(self, features: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
+        """Whisper features [N, 128, 3000] -> the embeddings of each chunk's first token_counts[n] tokens, in chunk
+        order [sum(token_counts), H]."""
+        counts = token_counts.tolist()
+        memo = self._whisper_memo
+        if memo is None:
+            embeds = self.whisper(features)  # [N, 750, H]
+            return torch.cat([embeds[n, :count] for n, count in enumerate(counts)])
+        keys = [(hashlib.blake2b(f.cpu().numpy().tobytes(), digest_size=16).digest(), count)
+                for f, count in zip(features, counts, strict=True)]  # fmt: skip
+        missing = [n for n, key in enumerate(keys) if key not in memo]
+        fresh = {}
+        if missing:
+            embeds = self.whisper(features[missing])
+            fresh = {keys[n]: embeds[j, : counts[n]] for j, n in enumerate(missing)}
+            for key, tokens in fresh.items():
+                if len(memo) < self._whisper_memo_limit:
+                    memo[key] = tokens
+        return torch.cat([memo[key] if key in memo else fresh[key] for key in keys])
 
     def audio_logits(
         self,

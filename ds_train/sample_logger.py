@@ -45,7 +45,9 @@ def spectrogram_figure(waves: dict[str, torch.Tensor], sample_rate: int):
     from matplotlib.figure import Figure
 
     mels = {name: log_mel(w, sample_rate) for name, w in waves.items() if w.numel() > 0}
-    figure = Figure(figsize=(4 * max(1, len(mels)), 3), layout="constrained")
+    # fixed margins: the constrained layout solver doubled the time TensorBoard takes to render the figure
+    figure = Figure(figsize=(4 * max(1, len(mels)), 3))
+    figure.subplots_adjust(left=0.06 / max(1, len(mels)) + 0.02, right=0.9, bottom=0.17, top=0.88, wspace=0.12)
     top = max((float(m.max()) for m in mels.values()), default=0.0)
     for i, (name, mel) in enumerate(mels.items()):
         ax = figure.add_subplot(1, len(mels), i + 1)
@@ -55,7 +57,7 @@ def spectrogram_figure(waves: dict[str, torch.Tensor], sample_rate: int):
         ax.set_xlabel("seconds")
         ax.set_ylabel("mel bin" if i == 0 else "")
     if mels:
-        figure.colorbar(image, ax=figure.axes, label="dB")
+        figure.colorbar(image, cax=figure.add_axes((0.915, 0.17, 0.012, 0.71)), label="dB")
     return figure
 
 
@@ -86,22 +88,36 @@ class SampleLogger:
         self.invalid_ids += bad
         return codes
 
-    def log(self, step: int, batch: dict, out, prefix: str = "samples") -> None:
-        """The batch's first sample as TensorBoard text and audio under `prefix`/ (samples, or eval_samples)."""
+    def log(self, step: int, batch: dict, out, prefix: str = "samples", figure: bool = True) -> None:
+        """The batch's first sample as TensorBoard text and audio under `prefix`/ (samples, or eval_samples), and,
+        with `figure`, its spectrograms (without: `log_codes` or `log_figure` draws them later)."""
         try:
-            self._log(step, batch, out, prefix)
+            self._log(step, batch, out, prefix, figure)
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("sample logging at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
 
-    def log_codes(self, step: int, tag: str, codes: torch.Tensor) -> None:
-        """codec codes [C, T] -> TensorBoard audio `tag`; never raises."""
+    def log_figure(self, step: int, prefix: str) -> None:
+        """The spectrograms of the last sample logged under `prefix` without its figure; never raises."""
+        if self.writer is None or prefix not in self.last_waves:
+            return
+        try:
+            figure = spectrogram_figure(self.last_waves[prefix], self.codec.sample_rate)
+            self.writer.add_figure(f"{prefix}/spectrograms", figure, step)
+        except Exception as err:  # noqa: BLE001 - logging must never stop training
+            log.warning("spectrograms at step %d failed and were skipped: %s: %s", step, type(err).__name__, err)
+
+    def log_codes(self, step: int, tag: str, codes: torch.Tensor, wave: torch.Tensor | None = None) -> None:
+        """codec codes [C, T] (and, when already decoded, their waveform [S]) -> TensorBoard audio `tag`, with the
+        spectrograms of the same prefix's last logged sample beside it; never raises."""
         if self.writer is None:
             return
         try:
             if codes.shape[-1] == 0:
                 self.writer.add_text(tag, "no complete audio frame was generated", step)
+                self.log_figure(step, tag.split("/")[0])
                 return
-            wave = self.codec.decode(sanitize_codes(codes, self.geometry.codec_codebook_size)[0]).clamp(-1, 1)
+            if wave is None:
+                wave = self.codec.decode(sanitize_codes(codes, self.geometry.codec_codebook_size)[0]).clamp(-1, 1)
             self.writer.add_audio(tag, wave.unsqueeze(0), step, sample_rate=self.codec.sample_rate)
             prefix = tag.split("/")[0]
             if prefix in self.last_waves:  # next to the same sample's reference, target and teacher-forced prediction
@@ -111,7 +127,7 @@ class SampleLogger:
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("logging %s at step %d failed and was skipped: %s: %s", tag, step, type(err).__name__, err)
 
-    def _log(self, step: int, batch: dict, out, prefix: str) -> None:
+    def _log(self, step: int, batch: dict, out, prefix: str, figure: bool) -> None:
         if self.writer is None:
             return
         ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].cpu()
@@ -141,6 +157,7 @@ class SampleLogger:
         for name, fr in (("reference", ref_frames), ("target", tgt_frames), ("predicted_teacher_forced", predicted)):
             waves[name] = self.codec.decode(self._codes(fr)).clamp(-1, 1)
             self.writer.add_audio(f"{prefix}/{name}", waves[name].unsqueeze(0), step, sample_rate=sr)
-        self.writer.add_figure(f"{prefix}/spectrograms", spectrogram_figure(waves, sr), step)
         self.last_waves[prefix] = waves
+        if figure:
+            self.writer.add_figure(f"{prefix}/spectrograms", spectrogram_figure(waves, sr), step)
         self.writer.add_scalar("monitor/invalid_ids_in_logging", self.invalid_ids, step)

@@ -4,6 +4,7 @@ stop on a signal."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -160,7 +161,6 @@ class Trainer:
             self.conditioning = ConditioningGain(
                 self.evaluator, self.data.layout, cfg.whisper.enabled, t.seed, verbose=self.rank == 0
             )
-        self._told_no_generation = False
         self.generation: GenerationEvaluator | None = None  # built on first use (rank 0, with an eval set)
 
     def _batch_rules(self) -> BatchRules:
@@ -256,9 +256,11 @@ class Trainer:
         """eval/* scalars over the whole eval set (identical on every rank); needs data.eval_*."""
         if self.evaluator is None:
             raise ValueError("no eval set: set data.eval_manifest or data.eval_prepared (and train.eval_every > 0)")
-        values = self.evaluator.run(self.engine)
-        if self.conditioning is not None:
-            values.update(self.conditioning.run(self.engine, values))
+        remember = self.engine.zero_optimization_stage() < 3  # see VoiceCloningModel.remember_whisper
+        with self.engine.module.remember_whisper() if remember else contextlib.nullcontext():
+            values = self.evaluator.run(self.engine)
+            if self.conditioning is not None:
+                values.update(self.conditioning.run(self.engine, values))
         return values
 
     def _evaluate_and_log(self, step: int) -> dict[str, float]:
@@ -267,36 +269,44 @@ class Trainer:
         self.metrics.log_eval(step, values)
         check_reference_ignored(self.monitor, self.cfg.monitor, step, values)
         sample = self.evaluator.first_sample
-        if self.rank == 0 and sample is not None:
-            if self.cfg.monitor.decode_every > 0:
-                self.samples.log(step, *sample, prefix="eval_samples")
-            if self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0:
-                self._log_generated(step)
+        generating = self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0
+        if self.rank == 0 and sample is not None and self.cfg.monitor.decode_every > 0:
+            # with generation on, its figure (reference | target | teacher-forced | generated) holds this one's panels
+            self.samples.log(step, *sample, prefix="eval_samples", figure=not generating)
+        if generating:
+            self._log_generated(step)
         self.evaluator.first_sample = None
         return values
 
     def _log_generated(self, step: int) -> None:
-        """Rank 0: free-running generation for a fixed subset of the eval set -> eval/gen_* scalars and, for its first
-        sample, TensorBoard audio `eval_samples/generated`."""
-        if self.engine.zero_optimization_stage() >= 3:
-            if not self._told_no_generation:
-                log.info("monitor.generate_seconds: skipped under ZeRO-3 (no rank holds every weight)")
-                self._told_no_generation = True
+        """Free-running generation for a fixed subset of the eval set -> eval/gen_* scalars and, for its first
+        sample, TensorBoard audio `eval_samples/generated`. Rank 0 generates alone, except under ZeRO-3, where no rank
+        holds every weight: there every rank generates the same batch in step (each forward gathers the partitioned
+        weights from all ranks; transformers' `synced_gpus` keeps a rank that finishes first taking part), and rank 0
+        measures and logs."""
+        zero3 = self.engine.zero_optimization_stage() >= 3
+        if self.rank != 0 and not zero3:
             return
         if self.generation is None:
             self.generation = self._build_generation()
-        values = self.generation.run(self.engine.module)
+        values = self.generation.run(self.engine.module, synced_ranks=zero3 and self.world_size > 1)
+        if self.rank != 0:
+            return
         self.metrics.log_scalars(step, values)
         self.last_eval.update(values)
         if values:
             log.info("eval generation %5d | %s", step, " | ".join(f"{k[9:]} {v:.3g}" for k, v in values.items()))
-        if self.generation.last_codes is not None:
-            self.samples.log_codes(step, "eval_samples/generated", self.generation.last_codes)
+        generated = self.generation
+        if generated.last_codes is not None:
+            self.samples.log_codes(step, "eval_samples/generated", generated.last_codes, generated.last_wave)
+        else:
+            self.samples.log_figure(step, "eval_samples")
 
     def _build_generation(self) -> GenerationEvaluator:
         m, llm_cfg = self.cfg.monitor, self.engine.module.llm.config
-        speaker = SpeakerEncoder(m.speaker_model, self.device) if m.speaker_model else None
-        asr = Transcriber(m.asr_model, self.device) if m.asr_model else None
+        measures = self.rank == 0  # the other ranks only take part in generation (ZeRO-3)
+        speaker = SpeakerEncoder(m.speaker_model, self.device) if m.speaker_model and measures else None
+        asr = Transcriber(m.asr_model, self.device) if m.asr_model and measures else None
         return GenerationEvaluator(
             self.data.eval_dataset, self.data.collator, self.data.codec, self.geometry, m.generate_samples,
             self.samples.special.audio_out_bos, (llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id), speaker,

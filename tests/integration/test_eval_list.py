@@ -1,5 +1,6 @@
 """`python -m ds_train evaluate` on a Seed-TTS-eval style list: every usable line is cloned and measured, every other
-line is reported by number, the outputs are written, and a re-run resumes instead of starting again."""
+line is reported by number, the outputs are written, a re-run resumes instead of starting again, and batched,
+one-at-a-time and 2-rank (deepspeed launcher) runs write the same audio."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import soundfile as sf
 
 from ds_train.eval_list import evaluate_list
 from ds_train.trainer import Trainer
-from tests.helpers import make_config, run_command, tiny_asr_model, tiny_speaker_model
+from tests.helpers import free_port, make_config, run_command, tiny_asr_model, tiny_speaker_model
 
 
 def _write_list(assets, folder: Path) -> Path:
@@ -68,3 +69,20 @@ def test_evaluate_clones_measures_reports_bad_lines_and_resumes(assets, prepared
     again = evaluate_list(run, meta, out, max_seconds=1.0)
     assert again["generated"]["utterances"] == 3 and (out / "wavs" / "u6.wav").is_file()
     assert (out / "wavs" / "u1.wav").stat().st_mtime_ns == kept
+
+    # Batched (the CLI's 8 above) and one at a time give the same audio (greedy)...
+    single = tmp_path / "eval_single"
+    evaluate_list(run, meta, single, max_seconds=1.0, batch_size=1)
+    for utt in ("u1", "u2", "u6"):
+        assert (single / "wavs" / f"{utt}.wav").read_bytes() == (out / "wavs" / f"{utt}.wav").read_bytes(), utt
+
+    # ...and so do 2 ranks under the deepspeed launcher, each cloning every other line; rank 0 writes the summary.
+    launched = tmp_path / "eval_2ranks"
+    deepspeed = str(Path(sys.executable).parent / "deepspeed")
+    proc = run_command([deepspeed, "--num_gpus", "2", "--master_port", str(free_port()),
+                        "--module", "ds_train", "evaluate", "--checkpoint", str(run), "--list", str(meta),
+                        "--out", str(launched), "--max-seconds", "1", "--batch-size", "2"])  # fmt: skip
+    assert "dist_world_size=2" in proc.stdout + proc.stderr
+    assert json.loads((launched / "summary.json").read_text())["generated"]["utterances"] == 3
+    for utt in ("u1", "u2", "u6"):
+        assert (launched / "wavs" / f"{utt}.wav").read_bytes() == (out / "wavs" / f"{utt}.wav").read_bytes(), utt

@@ -12,7 +12,7 @@ import torch
 
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.delay_pattern import add_stream_markers_and_delay
-from ds_train.generate import build_prompt, frames_to_codes, generate_frames
+from ds_train.generate import build_prompt, frames_to_codes, generate_frames, generate_frames_batch, stopped
 from tests.helpers import GEO, tiny_model_and_batch
 
 
@@ -74,6 +74,28 @@ def test_greedy_generation_agrees_with_the_teacher_forced_forward(whisper: bool)
     target = raw[1 : same_until + 1]
     real = target < GEO.codec_codebook_size  # frames the delay pattern did not force to BOS/EOS
     assert real.sum() >= 4 and torch.equal(predicted[real], target[real])
+
+
+@pytest.mark.parametrize("whisper", [True, False])
+def test_batched_greedy_generation_equals_one_prompt_at_a_time(whisper: bool) -> None:
+    """Prompts of different text lengths, reference lengths and Whisper chunk counts, generated as one batch (text
+    left-padded, reference frames right-padded): every row's frames equal those of the prompt generated alone, up to
+    where that one stopped; a row that stopped early keeps emitting all-EOS frames."""
+    model, builder, collator, _, _ = _prompt_parts(whisper)
+    g = torch.Generator().manual_seed(11)
+    prompts = []
+    shapes = [(9, 12000, "new words"), (5, 7000, "a longer sentence of new words"), (14, 40000, "hi")]
+    for i, (ref_steps, ref_samples, text) in enumerate(shapes):
+        ref_codes, ref_wave = torch.randint(0, 256, (4, ref_steps), generator=g), torch.randn(ref_samples, generator=g)
+        prompts.append(build_prompt(builder, collator, "the reference" + " again" * i, ref_codes, text, ref_wave))
+    lengths = {p.batch["input_ids"].shape[1] for p in prompts}
+    assert len(lengths) == 3
+    batched = generate_frames_batch(model, prompts, 25, builder.ids.pad)
+    for prompt, frames in zip(prompts, batched, strict=True):
+        alone = generate_frames(model, prompt, max_frames=25)
+        assert torch.equal(frames[: alone.shape[0]], alone)
+        assert stopped(frames, GEO) == stopped(alone, GEO)
+        assert torch.equal(frames_to_codes(frames, GEO), frames_to_codes(alone, GEO))
 
 
 def test_a_model_fit_to_one_sample_generates_it_and_stops() -> None:

@@ -3,7 +3,9 @@ of a tiny trained model with a local (tiny, random-init) x-vector speaker model.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -14,7 +16,16 @@ from ds_train.generation_eval import GeneratedSample, GenerationEvaluator, silen
 from ds_train.intelligibility import Transcriber
 from ds_train.speaker_similarity import SpeakerEncoder
 from ds_train.trainer import Trainer
-from tests.helpers import make_config, tiny_asr_model, tiny_speaker_model
+from tests.helpers import (
+    CONFIGS,
+    free_port,
+    make_config,
+    read_scalars,
+    run_command,
+    tiny_asr_model,
+    tiny_speaker_model,
+    train_args,
+)
 
 
 def test_silence_and_stop_measures() -> None:
@@ -59,3 +70,21 @@ def test_generation_metrics_on_a_real_model(assets, prepared_corpus: Path, tmp_p
     assert values["eval/gen_wer"] >= 0 and values["eval/gen_wer_target"] >= 0
     assert evaluator.last_codes is not None and evaluator.last_codes.shape[0] == trainer.geometry.num_codebooks
     assert trainer.engine.module.training  # evaluation leaves the model as it found it
+
+
+def test_two_zero3_ranks_generate_in_step(assets, tmp_path: Path) -> None:
+    """Under ZeRO-3 no rank holds every weight: both ranks of a real 2-rank run generate the subset in step (every
+    weight partitioned: persistence threshold 0), rank 0 reports it, and the run ends without hanging."""
+    ds = json.loads((CONFIGS / "zero2_fp32.json").read_text())
+    ds["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+    (tmp_path / "zero3_fp32.json").write_text(json.dumps(ds))
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    run_command([
+        torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "ds_train",
+        *train_args(assets, tmp_path / "run"), f"train.deepspeed_config={tmp_path / 'zero3_fp32.json'}",
+        "train.max_steps=2", "data.num_workers=0", f"data.eval_manifest={assets.manifest}", "train.eval_every=2",
+        "monitor.generate_samples=3",
+    ], timeout=900)  # fmt: skip
+    scalars = read_scalars(tmp_path / "run" / "tensorboard")
+    assert scalars["eval/gen_samples"] == {2: 3.0}
+    assert 0.0 <= scalars["eval/gen_stop_rate"][2] <= 1.0

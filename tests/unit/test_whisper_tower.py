@@ -8,6 +8,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from ds_train.model import WhisperTower
 from ds_train.presets import whisper_config
+from tests.helpers import tiny_model_and_batch
 
 
 def _pool(hidden: torch.Tensor) -> torch.Tensor:
@@ -46,3 +47,28 @@ def test_an_encoder_cannot_join_two_towers() -> None:
     WhisperTower(encoder, 32)
     with pytest.raises(ValueError, match="pool twice"):
         WhisperTower(encoder, 32)
+
+
+def test_remembered_whisper_chunks_give_the_same_embeddings_with_one_tower_pass_each() -> None:
+    """`remember_whisper` (evaluation): the second pass over the same references runs no tower forward and places
+    the same embeddings; a changed reference is computed afresh; outside the block nothing is kept."""
+    model, batch, _ = tiny_model_and_batch(whisper=True)
+    model.eval()
+    passes: list[int] = []
+    model.whisper.register_forward_hook(lambda _m, args, _out: passes.append(args[0].shape[0]))
+    ids, features, counts = batch["input_ids"], batch["whisper_input_features"], batch["whisper_token_counts"]
+    with torch.no_grad():
+        _, plain = model.audio_in_embeddings(ids, features, counts)
+        with model.remember_whisper():
+            _, first = model.audio_in_embeddings(ids, features, counts)
+            _, again = model.audio_in_embeddings(ids, features, counts)
+            changed = features.clone()
+            changed[1] += 0.5
+            _, other = model.audio_in_embeddings(ids, changed, counts)
+        _, after = model.audio_in_embeddings(ids, features, counts)
+    chunks = features.shape[0]
+    assert passes == [chunks, chunks, 1, chunks]  # plain, first (all new), again (none), changed (one), after
+    assert torch.equal(plain, first) and torch.equal(first, again) and torch.equal(after, plain)
+    start, end = int(counts[0]), int(counts[:2].sum())
+    assert torch.equal(other[:start], plain[:start]) and not torch.equal(other[start:end], plain[start:end])
+    assert torch.equal(other[end:], plain[end:])
