@@ -36,7 +36,7 @@ from ds_train.intelligibility import Transcriber
 from ds_train.loss import LabelCounts, LossSums, LossWeights
 from ds_train.metrics import MetricsProcessor, StepMeasurement
 from ds_train.monitor import HealthMonitor, ScheduleReference, apply_lr_floor
-from ds_train.preflight import check_cpu_adam
+from ds_train.preflight import check_cpu_adam, warn_stale_build_locks
 from ds_train.rng import RNGState, seed_everything
 from ds_train.sample_logger import SampleLogger
 from ds_train.schedule import warmup_cosine
@@ -83,6 +83,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
         t = cfg.train
+        warn_stale_build_locks()  # before DeepSpeed builds its ops (shared-memory all-reduce, CPU Adam) and hangs
         self.rank, self.local_rank, self.world_size = init_distributed()
         self.device = device_for(self.local_rank)
         self.ds_config = resolve_deepspeed_config(cfg, self.world_size)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,20 @@ def test_offload_without_build_tools_fails_before_building_anything(assets, tmp_
     with pytest.raises(ConfigError, match=r"(?s)zero3_offload_bf16.json offloads the optimizer.*ninja.*torch_adam"):
         Trainer(make_config(assets, tmp_path / "run", ds="zero3_offload_bf16.json"))
     assert not (tmp_path / "run").exists()  # stopped before the output folder, data or model
+
+
+def test_an_interrupted_extension_build_is_named_at_start_up(assets, tmp_path, monkeypatch, caplog) -> None:
+    """A JIT build killed midway leaves its `lock`; every later run that needs the op would wait on it silently. The
+    trainer names an old lock (and only an old one) before DeepSpeed builds anything."""
+    init_distributed()  # DeepSpeed's CPU comm op is loaded from the real extensions folder before it is redirected
+    root = tmp_path / "torch_extensions"
+    for name, age_s in (("cpu_adam", 3600), ("fresh_op", 10)):
+        (root / name).mkdir(parents=True)
+        (root / name / "lock").touch()
+        os.utime(root / name / "lock", (time.time() - age_s, time.time() - age_s))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
+    with caplog.at_level(logging.WARNING, logger="ds_train"):
+        Trainer(make_config(assets, tmp_path / "run", "train.max_steps=1"))
+    named = [r.getMessage() for r in caplog.records if "JIT build" in r.getMessage()]
+    assert len(named) == 1 and str(root / "cpu_adam" / "lock") in named[0] and "60 min old" in named[0]
+    assert "delete the file" in named[0]
