@@ -5,8 +5,9 @@
 
 The prompt is the training layout cut at the target's `<|audio_out_bos|>`, so the model sees exactly what it was
 trained on. transformers' HiggsAudioV2 generation (its delay-pattern logits processor) produces the audio frames; the
-Whisper tower's embeddings replace the `<|AUDIO|>` positions as the prompt is embedded (at once, or chunk by chunk
-with `prefill_chunk_size`). Runs on one process (CPU or GPU).
+Whisper tower's embeddings replace the `<|AUDIO|>` positions as the prompt is embedded (chunked prefill is refused, see
+`_refuse_chunked_prefill`). Several prompts generate as one batch (`generate_frames_batch`, `VoiceCloner.clone_batch`);
+under ZeRO-3 every rank generates in step (`synced_ranks`).
 """
 
 from __future__ import annotations
