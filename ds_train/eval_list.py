@@ -234,8 +234,9 @@ def evaluate_list(
     mine = items[rank::world]
     with tqdm(total=len(mine), desc=f"evaluate rank {rank}", unit="utt", disable=rank != 0, dynamic_ncols=True) as bar:
         for start in range(0, len(mine), batch_size):
-            evaluator.run_items(mine[start : start + batch_size])
-            bar.update(len(mine[start : start + batch_size]))
+            batch = mine[start : start + batch_size]
+            evaluator.run_items(batch)
+            bar.update(len(batch))
     if world > 1:
         dist.barrier()
     if rank != 0:

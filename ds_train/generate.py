@@ -34,6 +34,11 @@ class Prompt:
     ref_frames: int  # F: delayed reference frames the prompt holds
 
 
+# the collated batch's Whisper inputs, one entry per reference chunk (whisper_chunk_sample names its row)
+WHISPER_KEYS = ("whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths",
+                "whisper_token_counts")  # fmt: skip
+
+
 def build_prompt(
     layout: LayoutBuilder,
     collator: VoiceCloningCollator,
@@ -70,10 +75,6 @@ def prompt_from_batch(batch: dict, row: int, audio_out_bos: int, audio_placehold
                 cut[key] = batch[key][chunks.to(batch[key].device)]
         cut["whisper_chunk_sample"] = torch.zeros(int(chunks.sum()), dtype=torch.long)
     return Prompt(cut, ref_frames)
-
-
-WHISPER_KEYS = ("whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths",
-                "whisper_token_counts")  # fmt: skip
 
 
 def stack_prompts(prompts: list[Prompt], pad_token_id: int) -> Prompt:

@@ -98,10 +98,12 @@ class GenerationEvaluator:
         self.last_codes: torch.Tensor | None = None  # the first sample's generated codes [C, T], for TensorBoard
         self.last_wave: torch.Tensor | None = None  # ...and their decoded waveform [S]
 
-    def run(self, model, synced_ranks: bool = False) -> dict[str, float]:
+    def run(self, model, synced_ranks: bool = False, measure: bool = True) -> dict[str, float]:
         """eval/gen_* over the subset, generated as one batch (examples that fail to load or measure are logged and
-        left out). `synced_ranks`: every rank calls this with the same subset, generating in step (ZeRO-3)."""
+        left out). `synced_ranks`: every rank calls this with the same subset, generating in step (ZeRO-3); those that
+        do not report pass `measure=False` and get {}."""
         was_training = model.training
+        self.last_codes = self.last_wave = None
         try:
             loaded = [item for item in map(self._load, self.indices) if item is not None]
             if not loaded:
@@ -115,6 +117,8 @@ class GenerationEvaluator:
             return {}
         finally:
             model.train(was_training)
+        if not measure:
+            return {}
         results = []
         for (index, sample_id, _, target, reference), row, cap in zip(loaded, frames, caps, strict=True):
             try:  # each row as if generated alone with its own cap: greedy rows do not depend on their batch

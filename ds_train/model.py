@@ -206,11 +206,12 @@ class VoiceCloningModel(nn.Module):
     def _whisper_tokens(self, features: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
         """Whisper features [N, 128, 3000] -> the embeddings of each chunk's first token_counts[n] tokens, in chunk
         order [sum(token_counts), H]."""
-        counts = token_counts.tolist()
         memo = self._whisper_memo
         if memo is None:
             embeds = self.whisper(features)  # [N, 750, H]
-            return torch.cat([embeds[n, :count] for n, count in enumerate(counts)])
+            positions = torch.arange(embeds.shape[1], device=embeds.device)
+            return embeds[positions[None, :] < token_counts.to(embeds.device)[:, None]]
+        counts = token_counts.tolist()
         keys = [(hashlib.blake2b(f.cpu().numpy().tobytes(), digest_size=16).digest(), count)
                 for f, count in zip(features, counts, strict=True)]  # fmt: skip
         missing = [n for n, key in enumerate(keys) if key not in memo]

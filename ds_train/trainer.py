@@ -290,7 +290,7 @@ class Trainer:
             return
         if self.generation is None:
             self.generation = self._build_generation()
-        values = self.generation.run(self.engine.module, synced_ranks=zero3 and self.world_size > 1)
+        values = self.generation.run(self.engine.module, zero3 and self.world_size > 1, measure=self.rank == 0)
         if self.rank != 0:
             return
         self.metrics.log_scalars(step, values)
