@@ -4,11 +4,15 @@ step by sleeping for it. Reports the share of step time spent waiting for data, 
 the Whisper log-mel features computed in the loader and deferred to the training device (`whisper.features_on`).
 
     python -m benchmarks.loader_3b [--max-tokens 16384] [--step-ms auto] [--steps 40] [--workers 1,2]
+                                   [--reference fixed,same_speaker]
 
-The prepared dataset (under runs/bench_3b_data) has the published codec geometry (8 x 1024 codes at 25 frames/s) and
-a realistic duration mix: references 3-15 s, targets 1-20 s; codes and reference PCM are random (the cost of reading,
-tokenizing and collating does not depend on their values). The default step time is what the `3b` LLM needs for one
-micro-batch at 45 % MFU on an H100 (989 dense bf16 TFLOP/s), the issue's target: a faster GPU step is a harder test.
+The prepared dataset (under runs/bench_3b_data, utterance format) has the published codec geometry (8 x 1024 codes at
+25 frames/s) and a realistic duration mix: 30 speakers x 20 utterances of 1-20 s, each example a target paired with
+the next utterance of its speaker as reference; references offered only when 3-15 s long. Codes and PCM are random
+(the cost of reading, tokenizing and collating does not depend on their values). With `same_speaker` each example
+draws its reference per epoch, reading two utterances from the shards as with the prepared pairing. The default step
+time is what the `3b` LLM needs for one micro-batch at 45 % MFU on an H100 (989 dense bf16 TFLOP/s), the issue's
+target: a faster GPU step is a harder test.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -28,42 +33,52 @@ from benchmarks._corpus import REPO
 from benchmarks.padding import WORDS
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import merge
+from data_pipeline.prepare import storage_summary, write_set_indexes
 from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.reference_choice import ReferencePolicy
 from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.shards import DATASET_FILE, EncodedRow, shard_name, write_shard
+from data_pipeline.shards import DATASET_FILE
 from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
 from data_pipeline.types import AudioGeometry
+from data_pipeline.utterance_store import EncodedUtterance, utterance_shard_name, write_utterance_shard
 
 GEOMETRY = AudioGeometry(8, 1024)
 H100_BF16_FLOPS, TARGET_MFU = 989e12, 0.45
 LLM_3B_FLOPS_PER_TOKEN = 6 * 2.82e9  # 6 x the 3b preset's non-embedding LLM weights a token passes (`ds_train info`)
 
 
-def make_prepared(root: Path, rows: int = 600, rows_per_shard: int = 200) -> Path:
-    """A prepared dataset of `rows` synthetic rows (written once)."""
-    if (root / "summary.json").is_file():
+def make_prepared(root: Path, speakers: int = 30, per_speaker: int = 20, per_shard: int = 200) -> Path:
+    """A prepared set (utterance format) of speakers x per_speaker synthetic utterances and as many examples."""
+    if (root / "summary.json").is_file() and json.loads((root / DATASET_FILE).read_text()).get("format") == 2:
         return root
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     rng, words = np.random.default_rng(0), random.Random(0)
-    shards = 0
-    for start in range(0, rows, rows_per_shard):
-        encoded = []
-        for i in range(start, min(rows, start + rows_per_shard)):
-            ref_s, tgt_s = rng.uniform(3, 15), rng.uniform(1, 20)
-            codes = lambda s: torch.from_numpy(rng.integers(0, 1024, (8, int(s * 25))))  # noqa: E731
-            encoded.append(EncodedRow(
-                id=f"u{i}", line=i + 1, ref_text=" ".join(words.choices(WORDS, k=max(1, int(ref_s * 2.7)))),
-                text=" ".join(words.choices(WORDS, k=max(1, int(tgt_s * 2.7)))), ref_codes=codes(ref_s),
-                target_codes=codes(tgt_s), ref_pcm16k=torch.from_numpy(0.1 * rng.standard_normal(int(ref_s * 16000))),
-                ref_seconds=ref_s, target_seconds=tgt_s,
-            ))  # fmt: skip
-        (root / f"shard-{shards:05d}.rejects.jsonl").write_text("")
-        write_shard(root / shard_name(shards), encoded)
-        shards += 1
-    meta = {"num_codebooks": 8, "codebook_size": 1024, "codec": "synthetic", "codec_path": ""}
+    utterances, stored, examples = [], [], []
+    for uid in range(speakers * per_speaker):
+        seconds = float(rng.uniform(1, 20))
+        pcm = torch.from_numpy(0.1 * rng.standard_normal(int(seconds * 16000))).float()
+        stored.append(EncodedUtterance(uid, torch.from_numpy(rng.integers(0, 1024, (8, int(seconds * 25)))), seconds,
+                                       pcm.numel(), pcm))  # fmt: skip
+        utterances.append({"uid": uid, "path": f"u{uid}.wav", "speaker": f"s{uid // per_speaker}", "frames":
+                           int(seconds * 25), "seconds": seconds, "samples16k": pcm.numel(), "has_pcm": True,
+                           "shard": uid // per_shard, "row": uid % per_shard,
+                           "text": " ".join(words.choices(WORDS, k=max(1, int(seconds * 2.7))))})  # fmt: skip
+    for k in range(0, len(stored), per_shard):
+        write_utterance_shard(root / utterance_shard_name(k // per_shard), stored[k : k + per_shard], "flac")
+    for target in utterances:  # reference: the speaker's next utterance, among those lasting 3-15 s
+        own = [u for u in utterances if u["speaker"] == target["speaker"] and 3 <= u["seconds"] <= 15]
+        ref = next((u for u in own if u["uid"] > target["uid"]), own[0])
+        examples.append({"id": f"e{target['uid']}", "line": target["uid"] + 1, "speaker": target["speaker"],
+                         "scene": None, "ref_text": ref["text"], "text": target["text"], "ref_uid": ref["uid"],
+                         "target_uid": target["uid"], "ref_frames": ref["frames"], "target_frames": target["frames"],
+                         "ref_samples16k": ref["samples16k"], "ref_seconds": ref["seconds"],
+                         "target_seconds": target["seconds"]})  # fmt: skip
+    write_set_indexes(root, examples, utterances, [])
+    meta = {"format": 2, "num_codebooks": 8, "codebook_size": 1024, "codec": "synthetic", "codec_path": "",
+            "reference_pcm": "flac"}  # fmt: skip
     (root / DATASET_FILE).write_text(json.dumps(meta))
-    merge(root, shards, [], rows)
+    (root / "summary.json").write_text(json.dumps(storage_summary(root, examples, -(-len(stored) // per_shard))))
     return root
 
 
@@ -90,31 +105,50 @@ def main() -> None:
     parser.add_argument("--step-ms", type=float, default=None, help="GPU step time to emulate (default: see above)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--reference", default="fixed", help="data.reference modes to measure, comma-separated")
     args = parser.parse_args()
     tokenizer = build_tiny_tokenizer()
     layout = LayoutBuilder(tokenizer, GEOMETRY, LayoutOptions(whisper=True))
-    dataset = PreparedDataset(make_prepared(REPO / "runs" / "bench_3b_data"), layout)
+    root = make_prepared(REPO / "runs" / "bench_3b_data")
+    for mode in args.reference.split(","):
+        print(f"--- data.reference={mode}")
+        dataset = PreparedDataset(root, layout, ReferencePolicy(mode, 3.0, 15.0, seed=0))
+        measure(dataset, tokenizer, args)
+
+
+def measure(dataset: PreparedDataset, tokenizer, args: argparse.Namespace) -> None:
+    """Collator throughput and data wait of one dataset (one reference mode)."""
+    per_epoch = dataset.needs_epoch
     pad = SpecialTokenIds.from_tokenizer(tokenizer).pad
     collators = {where: VoiceCloningCollator(pad, GEOMETRY, whisper=True, whisper_on_device=where == "device")
                  for where in ("loader", "device")}  # fmt: skip
-    sampler = TokenBudgetBatchSampler(dataset.lengths, args.max_tokens, seed=0)
-    real_tokens = statistics.mean(sum(dataset.lengths[i] for i in b) for b in sampler.epoch_batches(0))
+
+    def new_sampler() -> TokenBudgetBatchSampler:
+        sampler = TokenBudgetBatchSampler(dataset.lengths, args.max_tokens, seed=0,
+                                          epoch_lengths=dataset.epoch_lengths if per_epoch else None)  # fmt: skip
+        sampler.with_epoch = per_epoch
+        return sampler
+
+    sampler = new_sampler()
+    lengths = dataset.epoch_lengths(0)
+    real_tokens = statistics.mean(sum(lengths[i] for i in b) for b in sampler.epoch_batches(0))
     step_s = args.step_ms / 1000 if args.step_ms else LLM_3B_FLOPS_PER_TOKEN * real_tokens / (
         H100_BF16_FLOPS * TARGET_MFU)  # fmt: skip
 
-    print(f"{len(dataset)} rows, token budget {args.max_tokens}: {real_tokens:,.0f} real tokens per micro-batch; "
-          f"emulated GPU step {step_s * 1000:.0f} ms")  # fmt: skip
+    print(f"{len(dataset)} rows, token budget {args.max_tokens}: {real_tokens:,.0f} real tokens per micro-batch, "
+          f"padding efficiency {sampler.padding_efficiency(0):.1%}; emulated GPU step "
+          f"{step_s * 1000:.0f} ms")  # fmt: skip
     threads = torch.get_num_threads()
     batches = [b for _, b in zip(range(8), sampler, strict=False)]
     for where, collator in collators.items():
         torch.set_num_threads(1)
         start = time.perf_counter()
-        samples = sum(len(collator([dataset[i] for i in b])["sample_ids"]) for b in batches)
+        samples = sum(len(collator([dataset[i] for i in b])["sample_ids"]) for b in batches)  # (i, epoch) keys
         per_s = samples / (time.perf_counter() - start)
         torch.set_num_threads(threads)
         print(f"Whisper features in the {where}: read + tokenize + collate on 1 core {per_s:.1f} samples/s")
         for workers in (int(w) for w in args.workers.split(",")):
-            sampler = TokenBudgetBatchSampler(dataset.lengths, args.max_tokens, seed=0)
+            sampler = new_sampler()
             frac, size = wait_fraction(dataset, collator, sampler, workers, step_s, args.steps)
             print(f"  num_workers={workers}: data wait {frac * 100:.2f} % of step time, {size:.1f} samples/batch")
 

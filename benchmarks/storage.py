@@ -1,66 +1,79 @@
-"""Bytes on disk per hour of target audio of a prepared set: the reference PCM as raw int16 (the format before), as
-FLAC (`--whisper-pcm yes`, today's default) and not stored (`--whisper-pcm no`), on one corpus encoded with the tiny
-Higgs codec (the published 8-codebook, 25 frames/s geometry, so the codes weigh what real ones do).
+"""Bytes on disk per hour of target audio of a prepared set, one corpus, four ways: the first format (one row per
+example, each holding its reference's codes and PCM) with raw int16 PCM, with FLAC PCM and with no PCM, and the
+utterance format (each distinct file once) with and without PCM. The corpus is encoded with the tiny Higgs codec (the
+published 8-codebook, 25 frames/s geometry, so the codes weigh what real ones do).
 
-    python -m benchmarks.storage
+    python -m benchmarks.storage [--speakers 8]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks._corpus import bench_corpus
-from data_pipeline.codecs import tiny_higgs
+from benchmarks._corpus import REPO
+from data_pipeline.codecs import load_codec, tiny_higgs
+from data_pipeline.demo_corpus import make_demo_corpus
+from data_pipeline.encode_rows import encode_rows
+from data_pipeline.manifest import read_manifest
 from data_pipeline.prepare import PrepareConfig, prepare
-from data_pipeline.shards import ROW_GROUP_ROWS, SHARD_SCHEMA, row_from_table, shard_name
+from data_pipeline.shards import ROW_GROUP_ROWS, SHARD_SCHEMA, shard_index, write_shard
+from data_pipeline.validation import Limits
 
 
-def _as_int16_shards(src, dst, shards: int) -> int:
-    """Rewrite the shards with raw int16 reference PCM (the format before FLAC) -> their bytes on disk."""
-    dst.mkdir(parents=True, exist_ok=True)
+def first_format_bytes(rows, out, pcm: str) -> int:
+    """Shard + index bytes of the first format ("int16", "flac" or "none" reference PCM), 64 rows per shard."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     total = 0
-    for k in range(shards):
-        table = pq.read_table(src / shard_name(k))
-        pcm = [row_from_table(table, i).ref_pcm16k for i in range(table.num_rows)]
-        columns = {name: table.column(name) for name in SHARD_SCHEMA.names if name != "ref_pcm_format"}
-        columns["ref_pcm16k"] = pa.array([(p * 32767).round().to(torch.int16).numpy().tobytes() for p in pcm])
-        pq.write_table(pa.table(columns), dst / shard_name(k), row_group_size=ROW_GROUP_ROWS)
-        total += (dst / shard_name(k)).stat().st_size
+    for k in range(0, len(rows), 64):
+        path = out / f"shard-{k // 64:05d}.parquet"
+        write_shard(path, rows[k : k + 64], "none" if pcm == "none" else "flac")
+        if pcm == "int16":  # the format before FLAC: raw samples, no format column
+            table = pq.read_table(path)
+            raw = [(r.ref_pcm16k.clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+                   for r in rows[k : k + 64]]  # fmt: skip
+            columns = {n: table.column(n) for n in SHARD_SCHEMA.names if n != "ref_pcm_format"}
+            pq.write_table(pa.table({**columns, "ref_pcm16k": pa.array(raw, pa.binary())}), path,
+                           row_group_size=ROW_GROUP_ROWS)  # fmt: skip
+        pq.write_table(shard_index(path), out / f"index-{k // 64}.parquet")
+        total += path.stat().st_size + (out / f"index-{k // 64}.parquet").stat().st_size
     return total
 
 
 def main() -> None:
-    manifest, _, scratch = bench_corpus()
-    codec_dir = scratch.parent / "tiny_higgs"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--speakers", type=int, default=8)
+    args = parser.parse_args()
+    root = REPO / "runs" / "bench_storage"
+    manifest = make_demo_corpus(root / "corpus", num_speakers=args.speakers)
+    codec_dir = root / "tiny_higgs"
     if not (codec_dir / "config.json").is_file():
         tiny_higgs(0).save_pretrained(str(codec_dir))
-    results = {}
+    rows, _ = read_manifest(manifest)
+    encoded, _ = encode_rows(rows, load_codec("higgs", str(codec_dir), "cpu"), Limits(), str(manifest))
+    hours = sum(r.target_seconds for r in encoded) / 3600
+    sizes = {f"first format, {pcm} PCM": first_format_bytes(encoded, root / f"first_{pcm}", pcm)
+             for pcm in ("int16", "flac", "none")}  # fmt: skip
     for pcm in ("yes", "no"):
-        out = scratch.parent / f"storage_{pcm}"
+        out = root / f"utterances_{pcm}"
         shutil.rmtree(out, ignore_errors=True)
-        started = time.perf_counter()
-        summary = prepare(PrepareConfig(str(manifest), "higgs", str(codec_dir), str(out), 64, whisper_pcm=pcm),
+        summary = prepare(PrepareConfig(str(manifest), "higgs", str(codec_dir), str(out), 512, whisper_pcm=pcm),
                           show_progress=False)  # fmt: skip
-        results[pcm] = (summary, out, time.perf_counter() - started)
-    summary, out, _ = results["yes"]
-    hours = summary["target_hours"]
-    old = _as_int16_shards(out, scratch.parent / "storage_int16", summary["shards"])
-    rows = {
-        "int16 PCM (before)": old,
-        "FLAC PCM (--whisper-pcm yes)": summary["shard_bytes"],
-        "no PCM (--whisper-pcm no)": results["no"][0]["shard_bytes"],
-    }
-    print(f"{summary['examples']} examples, {hours * 60:.1f} min of target audio, tiny Higgs codec (8 x 1024, 25 Hz)")
-    for name, size in rows.items():
-        print(f"{name:30s} {size / 1e6:8.2f} MB  {size / 1e6 / hours:8.1f} MB per hour of target audio  "
-              f"({old / size:.1f}x smaller than int16)")  # fmt: skip
-    print(json.dumps({k: round(v / 1e6 / hours, 2) for k, v in rows.items()}))
+        sizes[f"utterance format, --whisper-pcm {pcm}"] = summary["shard_bytes"]
+    files = len({p for r in rows for p in (r.ref_audio, r.audio)})
+    print(f"{len(encoded)} examples, {files} distinct files, {hours * 60:.1f} min of target audio, tiny Higgs codec "
+          f"(8 x 1024, 25 Hz)")  # fmt: skip
+    base = sizes["first format, int16 PCM"]
+    for name, size in sizes.items():
+        print(f"{name:40s} {size / 1e6:8.2f} MB  {size / 1e6 / hours:8.2f} MB per hour of target audio  "
+              f"({base / size:.1f}x smaller than int16)")  # fmt: skip
+    print(json.dumps({k: round(v / 1e6 / hours, 2) for k, v in sizes.items()}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ DAC computes less padding, and the Higgs codec, which batches only equal padded 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from data_pipeline.audio import resample
 from data_pipeline.codecs import Codec
 from data_pipeline.manifest import ManifestRow, Reject
 from data_pipeline.shards import EncodedRow
+from data_pipeline.utterance_store import EncodedUtterance
 from data_pipeline.validation import (
     Limits,
     RowError,
@@ -124,3 +127,60 @@ def encode_rows(
             speaker=row.speaker, scene=row.scene,
         ))  # fmt: skip
     return encoded, rejects
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """One distinct file of a manifest: its uid, the roles it plays, and whether its 16 kHz PCM is to be kept."""
+
+    uid: int
+    path: Path
+    roles: frozenset[str]
+    keep_pcm: bool
+
+
+def _load_for_roles(file: AudioFile, limits: Limits) -> tuple[torch.Tensor, int]:
+    """Load and check a file once for every role it plays: durations against the widest of those roles' limits (each
+    example is checked against its own role's limits when the set is merged)."""
+    if len(file.roles) == 1:
+        return load_checked_audio(file.path, limits, next(iter(file.roles)))
+    ranges = [limits.duration_range(role) for role in file.roles]
+    widest = replace(limits, min_seconds=min(lo for lo, _ in ranges), max_seconds=max(hi for _, hi in ranges))
+    return load_checked_audio(file.path, widest, "target")
+
+
+def encode_utterances(
+    files: list[AudioFile],
+    codec: Codec,
+    limits: Limits,
+    batch_size: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[EncodedUtterance]:
+    """Each file -> an `EncodedUtterance` (codes, sizes, PCM if kept) or one holding the reason it is unusable; in the
+    order given. Files are encoded in length order, `batch_size` per codec call."""
+    waves: dict[AudioKey, tuple[torch.Tensor, int]] = {}
+    out: dict[int, EncodedUtterance] = {}
+    for file in files:
+        try:
+            waves[(file.path, str(file.uid))] = _load_for_roles(file, limits)
+        except RowError as err:
+            out[file.uid] = EncodedUtterance(file.uid, None, 0.0, 0, error=str(err))
+            if on_batch is not None:
+                on_batch(1)
+    codes = encode_by_length(waves, codec, batch_size or default_encode_batch(codec.device), on_batch)
+    for file in files:
+        key = (file.path, str(file.uid))
+        if key not in waves:
+            continue
+        wave, sr = waves.pop(key)
+        try:
+            check_codes(codes[key], codec.codebook_size, codec.num_codebooks, f"{file.path} (codes)")
+        except RowError as err:
+            out[file.uid] = EncodedUtterance(file.uid, None, wave.numel() / sr, 0, error=str(err))
+            continue
+        seconds = wave.numel() / sr
+        # Whisper's token count follows the 16 kHz length, kept or not; resample only what is stored.
+        pcm = resample(wave, sr, WHISPER_SAMPLE_RATE) if file.keep_pcm else None
+        samples16k = pcm.numel() if pcm is not None else math.ceil(wave.numel() * WHISPER_SAMPLE_RATE / sr)
+        out[file.uid] = EncodedUtterance(file.uid, codes[key], seconds, samples16k, pcm)
+    return [out[file.uid] for file in files]

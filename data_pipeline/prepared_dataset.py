@@ -1,7 +1,8 @@
-"""Training-time reader of a prepared dataset (`data_pipeline.prepare` output).
+"""Training-time reader of a prepared dataset (`data_pipeline.prepare` output, `data_pipeline.utterance_store` format).
 
-Lengths come from the index, so token-budget batching needs no shard reads. Examples are built on demand in DataLoader
-workers from memory-mapped shards. A row that fails to load becomes a `BadSample` (id + reason) instead of raising:
+Lengths come from the indexes, so token-budget batching needs no shard reads. Examples are built on demand in
+DataLoader workers from memory-mapped utterance shards (an example reads its target and its reference). A row that
+fails to load becomes a `BadSample` (id + reason) instead of raising:
 the collator drops it and the trainer counts it, stopping only past `data.max_bad_fraction`.
 """
 
@@ -10,30 +11,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
+import numpy as np
 import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
-from data_pipeline.reference_choice import ReferencePolicy, ReferencePool
+from data_pipeline.reference_choice import KEEP_PREPARED, ReferenceDraws, ReferencePolicy
 from data_pipeline.reference_swap import RowSizes
-from data_pipeline.shards import (
-    DATASET_FILE,
-    INDEX_FILE,
-    REJECTS_FILE,
-    EncodedRow,
-    ShardReader,
-    row_from_table,
-    shard_name,
-)
+from data_pipeline.shards import DATASET_FILE, INDEX_FILE, REJECTS_FILE, EncodedRow
 from data_pipeline.types import BadSample, VoiceCloningExample
+from data_pipeline.utterance_store import (
+    FORMAT_VERSION,
+    UTTERANCES_FILE,
+    StoredUtterance,
+    UtteranceShard,
+    utterance_shard_name,
+)
 
 OPEN_SHARDS = 64  # open shard files per process (metadata only: rows are read one row group at a time)
-# Decoded row groups kept per process. Tiny with today's 4-row groups; shards written before them are one group each,
-# and this bound keeps their memory to two decoded shards, as it always was.
-CACHED_GROUPS = 2
+CONVERT_COMMAND = "python -m data_pipeline.convert_prepared"
 
 
 def _not_prepared(root: Path, why: str) -> InputError:
@@ -60,12 +58,18 @@ def read_prepared_meta(root: str | Path) -> dict:
 class PreparedDataset(Dataset):
     def __init__(self, root: str | Path, layout: LayoutBuilder, reference: ReferencePolicy | None = None) -> None:
         """`reference`: how examples choose their reference (default: the prepared pairing). With `same_speaker`,
-        `lengths` are upper bounds over the references an example may take, so token budgets hold whatever is drawn,
-        and indices carry the epoch: `dataset[(i, epoch)]` (see `needs_epoch`)."""
+        indices carry the epoch (`dataset[(i, epoch)]`, see `needs_epoch`), `lengths` are upper bounds over the
+        references an example may take and `epoch_lengths(epoch)` the lengths of the pairs drawn for that epoch."""
         self.root = Path(root)
         self.meta = read_prepared_meta(self.root)
-        if not (self.root / INDEX_FILE).is_file():
-            raise _not_prepared(self.root, f"it has no {INDEX_FILE} (the prepare run did not finish; run it again)")
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise InputError(
+                f"{self.root} is a prepared set of the first format (one row per example, references stored per "
+                f"row): convert it once with {CONVERT_COMMAND} {self.root} NEW_FOLDER, or prepare it again"
+            )
+        for name in (INDEX_FILE, UTTERANCES_FILE):
+            if not (self.root / name).is_file():
+                raise _not_prepared(self.root, f"it has no {name} (the prepare run did not finish; run it again)")
         geo = layout.geometry
         if (self.meta["num_codebooks"], self.meta["codebook_size"]) != (geo.num_codebooks, geo.codec_codebook_size):
             raise InputError(
@@ -79,67 +83,85 @@ class PreparedDataset(Dataset):
                 "run has whisper.enabled=true: prepare it again with --whisper-pcm yes, or set whisper.enabled=false"
             )
         self.layout = layout
-        index = pq.read_table(self.root / INDEX_FILE).to_pydict()
-        self.index = index
+        self.index = pq.read_table(self.root / INDEX_FILE).to_pydict()
+        self.utterances = pq.read_table(self.root / UTTERANCES_FILE).to_pydict()
+        self._position = {uid: k for k, uid in enumerate(self.utterances["uid"])}
+        x = self.index
         self.lengths = [
             layout.token_count(rt, t, rf, tf, rs, sc)
             for rt, t, rf, tf, rs, sc in zip(
-                index["ref_text"], index["text"], index["ref_frames"], index["target_frames"],
-                index["ref_samples16k"], index["scene"], strict=True,
+                x["ref_text"], x["text"], x["ref_frames"], x["target_frames"], x["ref_samples16k"], x["scene"],
+                strict=True,
             )
         ]  # fmt: skip
         rejects_path = self.root / REJECTS_FILE
         self.rejects = [
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
         ] if rejects_path.is_file() else []  # fmt: skip
-        self._readers: dict[int, ShardReader] = {}
-        self._groups: dict[tuple[int, int], pa.Table] = {}
-        self._speakers: list[str | None] | None = None
+        self._shards: dict[int, UtteranceShard] = {}
         self.reference = reference or ReferencePolicy()
-        self.pool: ReferencePool | None = None
+        self.draws: ReferenceDraws | None = None
         if self.reference.mode != "fixed":
-            self.pool = ReferencePool(self.speakers, index["ref_seconds"], self.reference)
-            self.lengths = self._length_bounds()
+            self._setup_draws()
 
     @property
     def needs_epoch(self) -> bool:
         """Whether the reference depends on the epoch (the sampler then yields (index, epoch) keys)."""
-        return self.pool is not None
+        return self.draws is not None
 
-    def _length_bounds(self) -> list[int]:
-        """Each example's longest token count over the references it may take: the reference's tokens (its text,
-        codes and Whisper span) add to the rest independently, so bound = tokens without a reference + the largest
-        reference part among the candidates."""
-        x, layout = self.index, self.layout
-        bare = [
+    def _setup_draws(self) -> None:
+        """Donors, and the token counts an example has without a reference and each donor adds as one (the
+        reference's text, codes and Whisper span add to the rest independently)."""
+        u, x, layout = self.utterances, self.index, self.layout
+        donors = [k for k in range(len(u["uid"])) if u["has_pcm"][k] or not layout.options.whisper]
+        self.draws = ReferenceDraws(
+            x["speaker"], x["target_uid"], [u["uid"][k] for k in donors], [u["speaker"][k] for k in donors],
+            [u["seconds"][k] for k in donors], self.reference,
+        )  # fmt: skip
+        self._bare = np.array([
             layout.token_count("", t, 0, tf, 0, sc)
             for t, tf, sc in zip(x["text"], x["target_frames"], x["scene"], strict=True)
+        ], dtype=np.int64)  # fmt: skip
+        self._own_part = np.array(self.lengths, dtype=np.int64) - self._bare
+        empty = layout.token_count("", "", 0, 0, 0, None)
+        self._part = {
+            u["uid"][k]: layout.token_count(u["text"][k], "", u["frames"][k], 0, u["samples16k"][k], None) - empty
+            for k in donors
+        }  # fmt: skip
+        self.lengths = [
+            int(self._bare[i] + max([self._own_part[i], *(self._part[v] for v in self.draws.candidates(i))]))
+            for i in range(len(self._bare))
         ]
-        part = [full - empty for full, empty in zip(self.lengths, bare, strict=True)]
-        return [bare[i] + max(part[j] for j in {i, *self.pool.candidates(i)}) for i in range(len(bare))]
+
+    def epoch_lengths(self, epoch: int) -> list[int]:
+        """Each example's token count with the reference drawn for `epoch` (what token-budget batching packs)."""
+        if self.draws is None:
+            return self.lengths
+        drawn = self.draws.epoch(epoch)
+        parts = np.array([self._part[v] if v != KEEP_PREPARED else 0 for v in drawn.tolist()], dtype=np.int64)
+        return (self._bare + np.where(drawn == KEEP_PREPARED, self._own_part, parts)).tolist()
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _shard(self, shard: int) -> ShardReader:
-        if shard not in self._readers:
-            if len(self._readers) >= OPEN_SHARDS:  # least recently opened first
-                self._readers.pop(next(iter(self._readers)))
-            self._readers[shard] = ShardReader(self.root / shard_name(shard))
-        return self._readers[shard]
-
-    def _row(self, shard: int, i: int) -> EncodedRow:
-        reader = self._shard(shard)
-        group, offset = reader.locate(i)
-        if (shard, group) not in self._groups:
-            if len(self._groups) >= CACHED_GROUPS:
-                self._groups.pop(next(iter(self._groups)))
-            self._groups[shard, group] = reader.file.read_row_group(group)
-        return row_from_table(self._groups[shard, group], offset)
+    def _utterance(self, uid: int) -> StoredUtterance:
+        k = self._position[uid]
+        shard, row = self.utterances["shard"][k], self.utterances["row"][k]
+        if shard not in self._shards:
+            if len(self._shards) >= OPEN_SHARDS:  # least recently opened first
+                self._shards.pop(next(iter(self._shards)))
+            self._shards[shard] = UtteranceShard(self.root / utterance_shard_name(shard), cached_groups=2)
+        return self._shards[shard].read(row)
 
     def row(self, i: int) -> EncodedRow:
-        """Example i's stored row (raises if it cannot be read)."""
-        return self._row(self.index["shard"][i], self.index["row"][i])
+        """Example i with its prepared reference (raises if it cannot be read)."""
+        x = self.index
+        ref, target = self._utterance(x["ref_uid"][i]), self._utterance(x["target_uid"][i])
+        return EncodedRow(
+            id=x["id"][i], line=x["line"][i], ref_text=x["ref_text"][i], text=x["text"][i], ref_codes=ref.codes,
+            target_codes=target.codes, ref_pcm16k=ref.pcm16k, ref_seconds=x["ref_seconds"][i],
+            target_seconds=x["target_seconds"][i], speaker=x["speaker"][i], scene=x["scene"][i],
+        )  # fmt: skip
 
     def row_sizes(self, i: int) -> RowSizes:
         x = self.index
@@ -148,37 +170,22 @@ class PreparedDataset(Dataset):
 
     @property
     def speakers(self) -> list[str | None]:
-        """Each example's `speaker` (None where the manifest row had none): one small column read per shard, once."""
-        if self._speakers is None:
-            columns = {
-                shard: pq.read_table(self.root / shard_name(shard), columns=["speaker"]).column(0).to_pylist()
-                for shard in sorted(set(self.index["shard"]))
-            }
-            self._speakers = [columns[s][r] for s, r in zip(self.index["shard"], self.index["row"], strict=True)]
-        return self._speakers
+        """Each example's `speaker` (None where the manifest row had none)."""
+        return self.index["speaker"]
+
+    def reference_uid(self, i: int, epoch: int) -> int:
+        """The uid of the utterance example i is cloned from in `epoch`."""
+        drawn = KEEP_PREPARED if self.draws is None else int(self.draws.epoch(epoch)[i])
+        return self.index["ref_uid"][i] if drawn == KEEP_PREPARED else drawn
 
     def __getitem__(self, key: int | tuple[int, int]) -> VoiceCloningExample | BadSample:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
-        sample_id = self.index["id"][i]
+        x = self.index
         try:
-            row = self.row(i)
-            ref = self._reference(i, epoch, row)
-            return self.layout.build(
-                row.id, ref.ref_text, ref.ref_codes, row.text, row.target_codes, ref_wave_16k=ref.ref_pcm16k,
-                scene=row.scene,
-            )  # fmt: skip
+            uid = self.reference_uid(i, epoch)
+            ref_text = x["ref_text"][i] if uid == x["ref_uid"][i] else self.utterances["text"][self._position[uid]]
+            ref, target = self._utterance(uid), self._utterance(x["target_uid"][i])
+            return self.layout.build(x["id"][i], ref_text, ref.codes, x["text"][i], target.codes,
+                                     ref_wave_16k=ref.pcm16k, scene=x["scene"][i])  # fmt: skip
         except Exception as err:  # noqa: BLE001 - one bad row must never kill a run; it is counted instead
-            return BadSample(sample_id, f"{type(err).__name__}: {err}")
-
-    def _reference(self, i: int, epoch: int, row: EncodedRow) -> EncodedRow:
-        """The row whose reference example i takes in `epoch`: never one holding i's own target audio."""
-        if self.pool is None:
-            return row
-        for j in self.pool.order(i, epoch):
-            donor = row if j == i else self.row(j)
-            same_audio = donor.ref_codes.shape == row.target_codes.shape and bool(
-                (donor.ref_codes == row.target_codes).all()
-            )
-            if not same_audio:
-                return donor
-        return row
+            return BadSample(x["id"][i], f"{type(err).__name__}: {err}")

@@ -11,7 +11,7 @@ micro-batch of that epoch is repeated, and at most W - 1 of its last ones are sk
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,7 +151,10 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
         seed: int = 0,
         bucket_batches: int = 64,
         max_batch_size: int = 0,
+        epoch_lengths: Callable[[int], Sequence[int]] | None = None,
     ) -> None:
+        """`lengths`: each example's token count, or an upper bound of it when `epoch_lengths(epoch)` gives the real
+        counts per epoch (examples whose reference is drawn per epoch): epochs are then packed on the real counts."""
         if not lengths:
             raise InputError("no examples to batch")
         too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
@@ -161,6 +164,7 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
                 f"(e.g. index {too_long[0]}: {lengths[too_long[0]]} tokens); raise the budget or filter them"
             )
         self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.epoch_lengths = epoch_lengths
         self.max_tokens = max_tokens
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.bucket_batches = bucket_batches
@@ -171,12 +175,18 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
         if self._per_epoch == 0:
             raise InputError(f"the data makes fewer micro-batches than ranks ({world_size}); lower data.max_tokens")
 
-    def _pack(self, order: list[int]) -> list[list[int]]:
+    def lengths_of(self, epoch: int) -> torch.Tensor:
+        """[N] token counts the batches of `epoch` are packed on."""
+        if self.epoch_lengths is None:
+            return self.lengths
+        return torch.as_tensor(list(self.epoch_lengths(epoch)), dtype=torch.long)
+
+    def _pack(self, order: list[int], lengths: torch.Tensor) -> list[list[int]]:
         batches: list[list[int]] = []
         current: list[int] = []
         longest = 0
         for index in order:
-            n = int(self.lengths[index])
+            n = int(lengths[index])
             full = self.max_batch_size and len(current) >= self.max_batch_size
             if current and (max(longest, n) * (len(current) + 1) > self.max_tokens or full):
                 batches.append(current)
@@ -192,13 +202,14 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
         if self._epoch_cache and self._epoch_cache[0] == epoch:
             return self._epoch_cache[1]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.lengths), generator=gen).tolist()
-        mean = float(self.lengths.float().mean())
+        lengths = self.lengths_of(epoch)
+        order = torch.randperm(len(lengths), generator=gen).tolist()
+        mean = float(lengths.float().mean())
         per_bucket = max(1, int(self.bucket_batches * self.max_tokens / max(1.0, mean)))
         batches: list[list[int]] = []
         for start in range(0, len(order), per_bucket):
-            bucket = sorted(order[start : start + per_bucket], key=lambda i: int(self.lengths[i]))
-            batches += self._pack(bucket)
+            bucket = sorted(order[start : start + per_bucket], key=lambda i: int(lengths[i]))
+            batches += self._pack(bucket, lengths)
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
         usable = len(shuffled) - len(shuffled) % self.world_size
         self._epoch_cache = (epoch, shuffled[:usable])
@@ -216,8 +227,9 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
     def padding_efficiency(self, epoch: int = 0) -> float:
         """Real tokens / padded tokens over one epoch's micro-batches."""
         real = padded = 0
+        lengths = self.lengths_of(epoch)
         for batch in self.epoch_batches(epoch):
-            sizes = self.lengths[batch]
+            sizes = lengths[batch]
             real += int(sizes.sum())
             padded += int(sizes.max()) * len(batch)
         return real / max(1, padded)

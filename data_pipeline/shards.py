@@ -1,4 +1,5 @@
-"""Prepared-dataset storage: Parquet shards of encoded rows plus one index.
+"""Prepared-dataset storage of the first format (one row per example, each holding its reference), read to convert
+such sets (`data_pipeline.convert_prepared`); `EncodedRow` is also what an example with its reference is in memory.
 
 A shard (`shard-00000.parquet`) holds, per row: id, speaker, scene, ref_text, text, the reference and target codec
 codes (int16 bytes, [C, T] row-major, with their frame counts), the 16 kHz reference PCM for Whisper (lossless FLAC,
@@ -11,7 +12,6 @@ either exists complete or not at all.
 from __future__ import annotations
 
 import bisect
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 import torch
 
+from data_pipeline.utterance_store import PCM_FORMATS, decode_pcm, encode_pcm
 from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
 
 SHARD_SCHEMA = pa.schema([
@@ -32,7 +32,6 @@ SHARD_SCHEMA = pa.schema([
     ("ref_pcm16k", pa.binary()), ("ref_samples16k", pa.int64()),
     ("ref_seconds", pa.float32()), ("target_seconds", pa.float32()), ("ref_pcm_format", pa.string()),
 ])  # fmt: skip
-PCM_FORMATS = ("flac", "none")  # how a shard written now stores the reference PCM; "int16" in older shards
 # What batching needs without opening the shards (texts included: token counts depend on the tokenizer).
 INDEX_COLUMNS = [
     "id", "line", "ref_text", "text", "scene", "ref_frames", "target_frames", "ref_samples16k", "ref_seconds",
@@ -71,29 +70,6 @@ class EncodedRow:
     scene: str | None = None
 
 
-def _int16(wave: torch.Tensor) -> np.ndarray:
-    return (wave.clamp(-1, 1) * 32767.0).round().to(torch.int16).numpy()
-
-
-def _encode_pcm(wave: torch.Tensor | None, pcm_format: str) -> bytes:
-    """16 kHz waveform -> stored bytes: 16-bit FLAC (lossless for the int16 samples), or none."""
-    if pcm_format == "none" or wave is None:
-        return b""
-    buffer = io.BytesIO()
-    sf.write(buffer, _int16(wave), WHISPER_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-def _decode_pcm(blob: bytes, pcm_format: str) -> torch.Tensor | None:
-    if pcm_format == "none":
-        return None
-    if pcm_format == "flac":
-        samples, _ = sf.read(io.BytesIO(blob), dtype="int16")
-    else:  # "int16": raw samples, the format of sets prepared before FLAC
-        samples = np.frombuffer(blob, dtype=np.int16)
-    return torch.from_numpy(samples.astype(np.float32) / 32767.0)
-
-
 def _samples16k(row: EncodedRow) -> int:
     """The reference's length at 16 kHz (Whisper's token count follows it, whether or not the PCM is kept)."""
     return row.ref_pcm16k.numel() if row.ref_pcm16k is not None else round(row.ref_seconds * WHISPER_SAMPLE_RATE)
@@ -111,7 +87,7 @@ def write_shard(path: Path, rows: list[EncodedRow], pcm_format: str = "flac") ->
             "target_frames": r.target_codes.shape[1],
             "ref_codes": r.ref_codes.to(torch.int16).numpy().tobytes(),
             "target_codes": r.target_codes.to(torch.int16).numpy().tobytes(),
-            "ref_pcm16k": _encode_pcm(r.ref_pcm16k, pcm_format), "ref_samples16k": _samples16k(r),
+            "ref_pcm16k": encode_pcm(r.ref_pcm16k, pcm_format), "ref_samples16k": _samples16k(r),
             "ref_seconds": r.ref_seconds, "target_seconds": r.target_seconds, "ref_pcm_format": pcm_format,
         }  # fmt: skip
         for name, value in values.items():
@@ -129,7 +105,7 @@ def row_from_table(table: pa.Table, i: int) -> EncodedRow:
     def codes(blob: bytes, frames: int) -> torch.Tensor:
         return torch.from_numpy(np.frombuffer(blob, dtype=np.int16).astype(np.int64).reshape(c, frames))
 
-    pcm = _decode_pcm(get["ref_pcm16k"], get.get("ref_pcm_format") or "int16")
+    pcm = decode_pcm(get["ref_pcm16k"], get.get("ref_pcm_format") or "int16")
     return EncodedRow(
         id=get["id"], line=get["line"], ref_text=get["ref_text"], text=get["text"],
         ref_codes=codes(get["ref_codes"], get["ref_frames"]),

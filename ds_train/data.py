@@ -142,11 +142,14 @@ def build_run_data(cfg: RunConfig, tokenizer, rank: int) -> RunData:
 
 def build_sampler(cfg: RunConfig, dataset, rank: int, world_size: int) -> PositionalBatchSampler:
     """Token-budget batches when data.max_tokens > 0, else fixed micro_batch_size; both resumable by position."""
+    per_epoch = getattr(dataset, "needs_epoch", False)
     if cfg.data.max_tokens > 0:
-        sampler = TokenBudgetBatchSampler(dataset.lengths, cfg.data.max_tokens, rank, world_size, cfg.train.seed)
+        # References drawn per epoch: pack each epoch on the real lengths of its pairs (the bounds only check fit).
+        sampler = TokenBudgetBatchSampler(dataset.lengths, cfg.data.max_tokens, rank, world_size, cfg.train.seed,
+                                          epoch_lengths=dataset.epoch_lengths if per_epoch else None)  # fmt: skip
     else:
         sampler = ResumableBatchSampler(len(dataset), cfg.data.micro_batch_size, rank, world_size, cfg.train.seed)
-    sampler.with_epoch = getattr(dataset, "needs_epoch", False)
+    sampler.with_epoch = per_epoch
     return sampler
 
 

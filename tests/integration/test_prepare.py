@@ -1,5 +1,5 @@
-"""Offline preparation (shards, index, rejects, resume, data-parallel), the prepared dataset, token-budget batching,
-and training from prepared shards with bad rows skipped."""
+"""Offline preparation (utterance shards, indexes, rejects, resume, data-parallel), the prepared dataset, token-budget
+batching, and training from prepared shards with bad rows skipped."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from data_pipeline.manifest import read_manifest
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
 from data_pipeline.prepared_dataset import PreparedDataset
 from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.shards import ROW_GROUP_ROWS, ShardReader, row_from_table, shard_name
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from data_pipeline.types import AudioGeometry, BadSample
+from data_pipeline.utterance_store import UTTERANCES_FILE, UtteranceShard, codes_from_bytes
+from data_pipeline.utterance_store import utterance_shard_name as shard_name
 from data_pipeline.validation import Limits
 from ds_train.config import ConfigError
 from ds_train.data import build_run_data, resolve_codec
@@ -91,20 +92,37 @@ def test_every_row_is_in_a_shard_or_rejected_with_its_reason(manifest_with_bad_r
         assert reason in rejects[sample_id]["reason"], (sample_id, rejects[sample_id])
     assert any("invalid JSON" in r["reason"] for r in rejects.values() if r["id"] is None)
     assert all(r["line"] > 24 for r in rejects.values())
-    index = pq.read_table(tmp_path / "prep" / INDEX_FILE)
-    assert index.num_rows == 24 and summary["shards"] == 4  # 35 parseable rows in shards of 10
-    assert sorted(set(index.column("shard").to_pylist())) == [0, 1, 2]  # shard 3 holds only rejected rows
+    index = pq.read_table(tmp_path / "prep" / INDEX_FILE).to_pydict()
+    assert len(index["id"]) == 24
+    # Each distinct file of the parseable rows is stored once, usable or not (then with its reason), 10 per shard.
+    rows, _ = read_manifest(manifest_with_bad_rows)
+    files = list(dict.fromkeys(p for r in rows for p in (r.ref_audio, r.audio)))
+    stored = [pq.read_table(tmp_path / "prep" / shard_name(k)) for k in range(summary["shards"])]
+    assert summary["shards"] == -(-len(files) // 10) and sum(t.num_rows for t in stored) == len(files)
+    uids = [u for t in stored for u in t.column("uid").to_pylist()]
+    assert uids == list(range(len(files)))
+    errors = [e for t in stored for e in t.column("error").to_pylist() if e is not None]
+    assert len(errors) == 9 and any("file not found" in e for e in errors)  # 9 of the bad rows' own files
+    usable = pq.read_table(tmp_path / "prep" / UTTERANCES_FILE).to_pydict()
+    assert summary["utterances"] == len(usable["uid"]) == len({*index["ref_uid"], *index["target_uid"]})
+    paths = dict(zip(usable["uid"], usable["path"], strict=True))
+    for k in range(24):  # examples point at the files their rows name
+        assert (paths[index["ref_uid"][k]], paths[index["target_uid"][k]]) == (str(rows[k].ref_audio),
+                                                                               str(rows[k].audio))  # fmt: skip
 
 
 def test_rerun_resumes_and_reproduces_the_dataset(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
     out = tmp_path / "prep"
     _prepare(manifest_with_bad_rows, assets, out)
-    before = {k: pq.read_table(out / shard_name(k)) for k in range(4)}
-    mtimes = {k: os.stat(out / shard_name(k)).st_mtime_ns for k in range(4)}
+    shards = len(list(out.glob("utt-*.parquet")))
+    before = {k: pq.read_table(out / shard_name(k)) for k in range(shards)}
+    mtimes = {k: os.stat(out / shard_name(k)).st_mtime_ns for k in range(shards)}
+    index = pq.read_table(out / INDEX_FILE)
     (out / shard_name(2)).unlink()  # as if the run died while writing shard 2
     _prepare(manifest_with_bad_rows, assets, out)
-    assert all(os.stat(out / shard_name(k)).st_mtime_ns == mtimes[k] for k in (0, 1, 3))  # skipped
-    for k in range(4):
+    assert all(os.stat(out / shard_name(k)).st_mtime_ns == mtimes[k] for k in range(shards) if k != 2)  # skipped
+    assert pq.read_table(out / INDEX_FILE).equals(index)
+    for k in range(shards):
         assert pq.read_table(out / shard_name(k)).equals(before[k])
     with pytest.raises(ValueError, match="different settings"):
         _prepare(manifest_with_bad_rows, assets, out, rows_per_shard=7)
@@ -119,9 +137,9 @@ def test_two_ranks_with_torchrun_make_the_same_dataset(manifest_with_bad_rows, a
     proc = subprocess.run(cmd, env=command_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "prepared 24 examples" in proc.stdout and "13 rows rejected" in proc.stdout
-    one, two = pq.read_table(tmp_path / "one" / INDEX_FILE), pq.read_table(tmp_path / "two" / INDEX_FILE)
-    assert one.equals(two)
-    for k in range(4):
+    for name in (INDEX_FILE, UTTERANCES_FILE):
+        assert pq.read_table(tmp_path / "one" / name).equals(pq.read_table(tmp_path / "two" / name))
+    for k in range(len(list((tmp_path / "one").glob("utt-*.parquet")))):
         assert pq.read_table(tmp_path / "one" / shard_name(k)).equals(pq.read_table(tmp_path / "two" / shard_name(k)))
 
 
@@ -134,7 +152,7 @@ def test_prepared_dataset_lengths_and_examples(manifest_with_bad_rows, assets, c
         ex = ds[i]
         assert ex.num_tokens == ds.lengths[i] and ex.sample_id == ds.index["id"][i]
         assert ex.whisper_chunks[0].abs().max() > 0
-    ds.index["row"][3] = 10**6  # a row the shard does not have
+    ds.utterances["row"][ds.utterances["uid"].index(ds.index["target_uid"][3])] = 10**6  # a row the shard lacks
     assert isinstance(ds[3], BadSample) and "IndexError" in ds[3].reason
 
 
@@ -142,21 +160,26 @@ def test_shard_rows_are_read_one_row_group_at_a_time(manifest_with_bad_rows, ass
     _prepare(manifest_with_bad_rows, assets, tmp_path / "prep")
     path = tmp_path / "prep" / shard_name(0)
     whole = pq.read_table(path)
-    reader = ShardReader(path)
-    assert reader.file.num_row_groups == -(-whole.num_rows // ROW_GROUP_ROWS) > 1
+    reader = UtteranceShard(path)
+    assert reader.file.num_row_groups > 1  # small groups: a random read decodes a few rows, not the shard
     for i in range(whole.num_rows):
-        a, b = reader.row(i), row_from_table(whole, i)
-        assert a.id == b.id and torch.equal(a.target_codes, b.target_codes) and torch.equal(a.ref_pcm16k, b.ref_pcm16k)
+        row = whole.slice(i, 1).to_pylist()[0]
+        if row["error"] is not None:
+            with pytest.raises(ValueError, match="unusable"):
+                reader.read(i)
+            continue
+        assert torch.equal(reader.read(i).codes, codes_from_bytes(row["codes"], row["num_codebooks"], row["frames"]))
     with pytest.raises(IndexError, match="out of range"):
-        reader.row(whole.num_rows)
-    # A shard written before row groups (one group for the whole shard) still reads the same examples.
+        reader.read(whole.num_rows)
+    # A shard written as one row group reads the same examples.
     layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(4, 256))
-    before = [PreparedDataset(tmp_path / "prep", layout)[i] for i in range(whole.num_rows)]
+    before = [PreparedDataset(tmp_path / "prep", layout)[i] for i in range(24)]
     pq.write_table(whole, path)
     assert pq.ParquetFile(path).num_row_groups == 1
-    legacy = PreparedDataset(tmp_path / "prep", layout)
+    one_group = PreparedDataset(tmp_path / "prep", layout)
     for i, ex in enumerate(before):
-        assert torch.equal(legacy[i].input_ids, ex.input_ids) and torch.equal(legacy[i].audio_frames, ex.audio_frames)
+        assert torch.equal(one_group[i].input_ids, ex.input_ids)
+        assert torch.equal(one_group[i].audio_frames, ex.audio_frames)
 
 
 def test_in_memory_dataset_matches_prepared_dataset(manifest_with_bad_rows, assets, codec, tmp_path: Path) -> None:
@@ -248,9 +271,8 @@ def _prepared_trainer(manifest: Path, assets, tmp_path: Path, *overrides: str) -
                       "data.num_workers=0", *overrides)  # fmt: skip
     cfg.data.manifest = None
     trainer = Trainer(cfg)
-    for i, shard in enumerate(trainer.data.dataset.index["shard"]):
-        if shard == 0:
-            trainer.data.dataset.index["row"][i] = 10**6  # 10 of the 24 rows now fail to load
+    for i in range(10):  # 10 of the 24 rows now fail to load: their target is not in the set
+        trainer.data.dataset.index["target_uid"][i] = 10**9
     return trainer
 
 

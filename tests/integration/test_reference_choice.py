@@ -1,6 +1,6 @@
-"""References chosen per epoch (issue 14): `data.reference=same_speaker` gives each example, in each epoch, the
-reference of a row of its own speaker, deterministically, never its own target audio, within the token budget the
-sampler planned for; `fixed` keeps the prepared pairing."""
+"""References chosen per epoch (issue 14): `data.reference=same_speaker` gives each example, in each epoch, another
+stored utterance of its own speaker as reference, deterministically, never its own target audio, within the bounds the
+sampler checks and exactly the lengths it packs; `fixed` keeps the prepared pairing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from data_pipeline.layout import LayoutBuilder, LayoutOptions
 from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_choice import ReferencePolicy, ReferencePool
+from data_pipeline.reference_choice import KEEP_PREPARED, ReferenceDraws, ReferencePolicy
+from data_pipeline.samplers import TokenBudgetBatchSampler
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from data_pipeline.types import AudioGeometry
 from ds_train.config import ConfigError, load_run_config
@@ -29,40 +30,53 @@ def _dataset(root: Path, mode: str) -> PreparedDataset:
     return PreparedDataset(root, layout, ReferencePolicy(mode, 1.0, 30.0, seed=7))
 
 
-def test_pool_is_per_speaker_seeded_and_filtered_by_duration() -> None:
-    speakers = ["a", "a", "a", "b", "b", None]
-    seconds = [2.0, 3.0, 40.0, 2.0, 5.0, 2.0]
-    pool = ReferencePool(speakers, seconds, ReferencePolicy("same_speaker", 1.0, 30.0, seed=1))
-    assert pool.candidates(0) == [0, 1] and pool.candidates(2) == [0, 1]  # row 2's 40 s reference is never offered
-    assert pool.candidates(3) == [3, 4] and pool.candidates(5) == [5]  # no speaker: its own reference
-    assert pool.order(0, 3) == pool.order(0, 3)  # a function of (seed, epoch, example) only
-    assert {pool.order(0, e)[0] for e in range(20)} == {0, 1}
-    fixed = ReferencePool(speakers, seconds, ReferencePolicy("fixed"))
-    assert all(fixed.order(i, 5) == [i] for i in range(6))
+def test_draws_are_per_speaker_seeded_filtered_by_duration_and_never_the_target() -> None:
+    # examples: (speaker, target uid); donors: uids 10..15 with their speaker and duration
+    speakers, targets = ["a", "a", "b", None, "c"], [10, 11, 13, 15, 16]
+    donors = ([10, 11, 12, 13, 14, 15], ["a", "a", "a", "b", "b", None], [2.0, 3.0, 40.0, 2.0, 5.0, 2.0])
+    draws = ReferenceDraws(speakers, targets, *donors, ReferencePolicy("same_speaker", 1.0, 30.0, seed=1))
+    assert draws.candidates(0) == [11] and draws.candidates(1) == [10]  # uid 12 lasts 40 s: never offered
+    assert draws.candidates(2) == [14] and draws.candidates(3) == [] and draws.candidates(4) == []
+    by_epoch = [draws.epoch(e).tolist() for e in range(20)]
+    assert all(d[:3] == [11, 10, 14] and d[3:] == [KEEP_PREPARED] * 2 for d in by_epoch)
+    wide = ReferenceDraws(["a"] * 3, [10, 11, 12], [10, 11, 12, 13], ["a"] * 4, [2.0] * 4,
+                          ReferencePolicy("same_speaker", seed=3))  # fmt: skip
+    seen = [wide.epoch(e).tolist() for e in range(30)]
+    assert all(d[i] != t for d in seen for i, t in enumerate([10, 11, 12]))  # never its own target
+    assert {d[0] for d in seen} == {11, 12, 13}  # every other utterance comes up
+    again = ReferenceDraws(["a"] * 3, [10, 11, 12], [10, 11, 12, 13], ["a"] * 4, [2.0] * 4,
+                           ReferencePolicy("same_speaker", seed=3))  # fmt: skip
+    assert [again.epoch(e).tolist() for e in range(30)] == seen  # a function of (seed, epoch) only
 
 
-def test_same_speaker_references_vary_per_epoch_within_the_planned_lengths(prepared_corpus: Path) -> None:
+def test_same_speaker_references_vary_per_epoch_and_are_packed_on_their_real_lengths(prepared_corpus: Path) -> None:
     fixed, varied = _dataset(prepared_corpus, "fixed"), _dataset(prepared_corpus, "same_speaker")
     assert not fixed.needs_epoch and varied.needs_epoch
     speakers = varied.speakers
-    # each stored reference, as codes, -> the speaker of the row that holds it
-    owner = {tuple(varied.row(j).ref_codes.flatten().tolist()): speakers[j] for j in range(len(varied))}
+    speaker_of_uid = dict(zip(varied.utterances["uid"], varied.utterances["speaker"], strict=True))
     seen: dict[int, set] = defaultdict(set)
     for epoch in range(EPOCHS):
+        planned = varied.epoch_lengths(epoch)
         for i in range(len(varied)):
             example = varied[(i, epoch)]
+            uid = varied.reference_uid(i, epoch)
+            assert example.num_tokens == planned[i] <= varied.lengths[i]  # packed on the real pair, within bounds
+            assert speaker_of_uid[uid] == speakers[i]  # a reference of the same speaker
+            assert uid != varied.index["target_uid"][i]  # never its own target
             row = varied.row(i)
-            assert example.num_tokens <= varied.lengths[i]  # the sampler's budget holds whatever is drawn
             ref_frames = example.audio_frames.shape[0] - (row.target_codes.shape[1] + 2 + row.target_codes.shape[0] - 1)
-            ref = _ref_codes_of(example, ref_frames)
-            assert owner[ref] == speakers[i]  # a reference of the same speaker
-            assert ref != tuple(row.target_codes.flatten().tolist())  # never its own target
-            seen[i].add(ref)
+            assert _ref_codes_of(example, ref_frames) != tuple(row.target_codes.flatten().tolist())
+            seen[i].add(uid)
     assert varied[(3, 4)].input_ids.tolist() == varied[(3, 4)].input_ids.tolist()
     distinct = sorted(len(s) for s in seen.values())
-    assert distinct[0] >= 2 and sum(distinct) / len(distinct) >= 4, distinct  # many references, not one
+    assert distinct[0] >= 2 and sum(distinct) / len(distinct) >= 3, distinct  # many references, not one
     assert all(f <= v for f, v in zip(fixed.lengths, varied.lengths, strict=True))
     assert all(fixed[i].input_ids.tolist() == fixed[(i, 5)].input_ids.tolist() for i in range(3))
+    # The sampler packs each epoch on the drawn lengths: no batch of any epoch exceeds the budget as built.
+    sampler = TokenBudgetBatchSampler(varied.lengths, 1500, seed=2, epoch_lengths=varied.epoch_lengths)
+    for epoch in range(3):
+        for batch in sampler.epoch_batches(epoch):
+            assert max(varied[(i, epoch)].num_tokens for i in batch) * len(batch) <= 1500
 
 
 def _ref_codes_of(example, ref_frames: int) -> tuple:
