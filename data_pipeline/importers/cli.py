@@ -5,11 +5,23 @@ python -m data_pipeline.importers pairs CORPUS --out manifest.jsonl [--seed 0] [
                                   [--max-ref-seconds 15] [--rejects rejects.jsonl]
 python -m data_pipeline.importers split manifest.jsonl --eval-speakers N | --eval-fraction F [--seed 0]
                                   --out train.jsonl --eval-out eval.jsonl [--rejects rejects.jsonl]
+python -m data_pipeline.importers hf DATASET_OR_PARQUET [...] --out manifest.jsonl [--audio-dir DIR] [--split train]
+                                  [--audio-column audio] [--text-column text] [--speaker-column speaker]
+                                  [--id-column COL] [--seed 0] [--min-ref-seconds 3] [--max-ref-seconds 15]
+                                  [--rejects rejects.jsonl]
+python -m data_pipeline.importers webdataset SHARDS [...] --out manifest.jsonl [--audio-dir DIR] [--text-field text]
+                                  [--speaker-field speaker] [--seed 0] [--min-ref-seconds 3] [--max-ref-seconds 15]
+                                  [--rejects rejects.jsonl]
 
 `chatml` reads the ChatML JSON list used by Higgs Audio fine-tuning scripts; `pairs` reads an `audio|text|speaker`
 metadata file (or a folder holding `metadata.csv` / `metadata.txt`) and pairs every utterance with another utterance of
 the same speaker as its voice reference; `split` holds out whole speakers of a manifest as an eval manifest
-(`data.eval_manifest`), so the evaluation measures cloning of voices the model never trained on.
+(`data.eval_manifest`), so the evaluation measures cloning of voices the model never trained on. `hf` reads a Hugging
+Face `datasets` folder (`save_to_disk`; a DatasetDict's `--split`) or Parquet files (LibriTTS-R style) with an audio
+column; `webdataset` reads tar shards (Emilia style: `KEY.mp3` + `KEY.json`). Both stream the corpus, write each
+record's audio to `--audio-dir` (default `<out stem>_audio` next to the manifest; files already there with the same
+size are kept, so a rerun resumes) and pair utterances like `pairs`; `--speaker-column ''` / `--speaker-field ''`
+makes the corpus one speaker.
 
 Path convention: an audio path given as absolute in the input stays absolute; a relative one (resolved against the
 input file's folder) is written relative to the output manifest's folder, so a corpus and its manifest can be moved
@@ -28,8 +40,10 @@ from pathlib import Path
 from data_pipeline.errors import DATA_ERRORS, run_cli
 from data_pipeline.importers.chatml import import_chatml
 from data_pipeline.importers.common import ImportResult, write_result
+from data_pipeline.importers.hf import import_hf
 from data_pipeline.importers.pairs import import_pairs
 from data_pipeline.importers.split import split_by_speaker
+from data_pipeline.importers.wds import import_webdataset
 
 
 def _report(
@@ -39,7 +53,9 @@ def _report(
     if result.rejects and rejects_path is None:
         # Without a rejects file the reasons would be lost, so show the first few.
         for r in result.rejects[:shown]:
-            print(f"rejected {position_key} {r.line} (id {r.id}): {r.reason}", file=sys.stderr)
+            # Corpus importers read many files: name the one the entry came from.
+            where = f"{r.source} {position_key}" if position_key in ("row", "sample") else position_key
+            print(f"rejected {where} {r.line} (id {r.id}): {r.reason}", file=sys.stderr)
         if len(result.rejects) > shown:
             print(f"... {len(result.rejects) - shown} more; pass --rejects FILE to keep them all", file=sys.stderr)
 
@@ -63,9 +79,6 @@ def _main(argv: list[str]) -> int:
     )
     p_pairs = sub.add_parser("pairs", help="pair utterances of an audio|text|speaker corpus")
     p_pairs.add_argument("corpus", help="metadata file, or a folder with metadata.csv / metadata.txt")
-    p_pairs.add_argument("--seed", type=int, default=0, help="pairing seed (same seed, same pairing)")
-    p_pairs.add_argument("--min-ref-seconds", type=float, default=3.0, help="shortest usable reference")
-    p_pairs.add_argument("--max-ref-seconds", type=float, default=15.0, help="longest usable reference")
     p_split = sub.add_parser("split", help="hold out whole speakers of a manifest as an eval manifest")
     p_split.add_argument("manifest", help="manifest JSONL to split (rows need a speaker to be held out)")
     group = p_split.add_mutually_exclusive_group(required=True)
@@ -73,7 +86,24 @@ def _main(argv: list[str]) -> int:
     group.add_argument("--eval-fraction", type=float, default=0.0, help="hold out speakers for ~this share of rows")
     p_split.add_argument("--seed", type=int, default=0, help="which speakers (same seed, same split)")
     p_split.add_argument("--eval-out", required=True, help="eval manifest JSONL to write")
-    for p in (p_chat, p_pairs, p_split):
+    p_hf = sub.add_parser("hf", help="extract and pair a Hugging Face datasets folder or Parquet files")
+    p_hf.add_argument("inputs", nargs="+", help="save_to_disk folder(s), Parquet file(s) or folder(s) of them")
+    p_hf.add_argument("--split", default="train", help="split of a DatasetDict folder or of Hub-named Parquet shards")
+    p_hf.add_argument("--audio-column", default="audio", help="column holding the Audio feature (bytes/path/array)")
+    p_hf.add_argument("--text-column", default="text", help="column holding the transcript")
+    p_hf.add_argument("--speaker-column", default="speaker", help="speaker column ('' = one speaker)")
+    p_hf.add_argument("--id-column", default="", help="column of row ids (default: <table>_<row>)")
+    p_wds = sub.add_parser("webdataset", help="extract and pair WebDataset tar shards (audio + .json per key)")
+    p_wds.add_argument("inputs", nargs="+", help="tar file(s), folder(s) of them or brace patterns (quoted)")
+    p_wds.add_argument("--text-field", default="text", help="field of the .json holding the transcript")
+    p_wds.add_argument("--speaker-field", default="speaker", help="field of the .json holding the speaker ('' = one)")
+    for p in (p_pairs, p_hf, p_wds):
+        p.add_argument("--seed", type=int, default=0, help="pairing seed (same seed, same pairing)")
+        p.add_argument("--min-ref-seconds", type=float, default=3.0, help="shortest usable reference")
+        p.add_argument("--max-ref-seconds", type=float, default=15.0, help="longest usable reference")
+    for p in (p_hf, p_wds):
+        p.add_argument("--audio-dir", default=None, help="folder for the audio files (default: <out stem>_audio)")
+    for p in (p_chat, p_pairs, p_split, p_hf, p_wds):
         p.add_argument("--out", required=True, help="(training) manifest JSONL to write")
         p.add_argument("--rejects", default=None, help="JSONL file for the entries that could not be converted")
         p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
@@ -84,6 +114,17 @@ def _main(argv: list[str]) -> int:
         write_result(split.train, args.out, args.rejects)
         write_result(split.eval, args.eval_out)
         _report(split.train, args.rejects, "line", split.summary())
+    elif args.command in ("hf", "webdataset"):
+        common = dict(rejects_path=args.rejects, audio_dir=args.audio_dir, seed=args.seed,
+                      min_ref_seconds=args.min_ref_seconds, max_ref_seconds=args.max_ref_seconds)  # fmt: skip
+        if args.command == "hf":
+            result = import_hf(args.inputs, args.out, split=args.split, audio_column=args.audio_column,
+                               text_column=args.text_column, speaker_column=args.speaker_column,
+                               id_column=args.id_column, **common)  # fmt: skip
+        else:
+            result = import_webdataset(args.inputs, args.out, text_field=args.text_field,
+                                       speaker_field=args.speaker_field, **common)  # fmt: skip
+        _report(result, args.rejects, "row" if args.command == "hf" else "sample")
     elif args.command == "chatml":
         result = import_chatml(args.input, args.out, args.rejects, check_audio=not args.no_check_audio)
         _report(result, args.rejects, "index")

@@ -2,13 +2,15 @@
 manifest rows, pairing every utterance with another utterance of the same speaker as its voice reference.
 
 The file is read with the manifest's line reader: a line that is not UTF-8 or is too long is a reject naming its
-line, like a line with the wrong number of fields; every line, blank ones included, is a row or a reject.
+line, like a line with the wrong number of fields; every line, blank ones included, is a row or a reject. The pairing
+itself (`pair_utterances`) works on any list of `Utterance`s, so the corpus importers (`hf`, `webdataset`) share it.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,10 @@ METADATA_NAMES = ("metadata.csv", "metadata.txt")
 
 
 @dataclass(frozen=True)
-class _Utterance:
+class Utterance:
+    """One usable utterance before pairing; `source` and `line` (its position there) name it in a reject."""
+
+    source: str
     line: int
     id: str
     audio: str  # as written into the manifest
@@ -51,8 +56,8 @@ def _utterance_id(absolute: Path, corpus_dir: Path) -> str:
     return stem.as_posix()
 
 
-def _read_corpus(meta: Path, manifest_dir: Path) -> tuple[list[_Utterance], list[Reject]]:
-    utterances: list[_Utterance] = []
+def _read_corpus(meta: Path, manifest_dir: Path) -> tuple[list[Utterance], list[Reject]]:
+    utterances: list[Utterance] = []
     rejects: list[Reject] = []
     source = str(meta)
     seen_audio: dict[Path, int] = {}
@@ -95,8 +100,62 @@ def _read_corpus(meta: Path, manifest_dir: Path) -> tuple[list[_Utterance], list
             continue
         seen_audio[absolute] = line_no
         seen_ids.add(utt_id)
-        utterances.append(_Utterance(line_no, utt_id, written, text, speaker, info.frames / info.samplerate))
+        utterances.append(Utterance(source, line_no, utt_id, written, text, speaker, info.frames / info.samplerate))
     return utterances, rejects
+
+
+def check_ref_limits(min_ref_seconds: float, max_ref_seconds: float) -> None:
+    if min_ref_seconds < 0 or max_ref_seconds < min_ref_seconds:
+        raise UsageError(f"need 0 <= min_ref_seconds <= max_ref_seconds, got {min_ref_seconds}, {max_ref_seconds}")
+
+
+def pair_utterances(
+    utterances: Sequence[Utterance], seed: int = 0, min_ref_seconds: float = 3.0, max_ref_seconds: float = 15.0
+) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Give every utterance (ids unique) a reference: another utterance of its speaker lasting [min, max] seconds.
+
+    -> (manifest rows in the utterances' order, one Reject per utterance whose speaker has no other usable reference).
+    The choice depends only on the seed, the utterance's id and its speaker's eligible ids (sorted), so the pairing is
+    reproducible and does not change with input or file-system order.
+    """
+    check_ref_limits(min_ref_seconds, max_ref_seconds)
+    eligible: dict[str, list[Utterance]] = {}
+    for utt in utterances:
+        if min_ref_seconds <= utt.seconds <= max_ref_seconds:
+            eligible.setdefault(utt.speaker, []).append(utt)
+    position: dict[str, int] = {}
+    for refs in eligible.values():
+        refs.sort(key=lambda u: u.id)
+        position.update((u.id, i) for i, u in enumerate(refs))
+
+    rows: list[dict[str, Any]] = []
+    rejects: list[Reject] = []
+    for utt in utterances:
+        refs = eligible.get(utt.speaker, [])
+        own = position.get(utt.id)  # ids are unique, so a hit is this utterance's slot in its speaker's list
+        choices = len(refs) - (own is not None)
+        if choices == 0:
+            reason = f"speaker {utt.speaker!r} has no other utterance lasting {min_ref_seconds:g}-{max_ref_seconds:g} s"
+            rejects.append(Reject(utt.source, utt.line, utt.id, reason))
+            continue
+        # Seeding with a string is stable across processes (unlike hash()), and per-utterance RNGs keep each choice
+        # independent of how many other utterances came before it.
+        pick = random.Random(f"{seed}\x00{utt.speaker}\x00{utt.id}").randrange(choices)
+        if own is not None and pick >= own:
+            pick += 1  # skip the utterance itself without building a filtered list (O(1) per utterance)
+        ref = refs[pick]
+        rows.append(
+            {
+                "id": utt.id,
+                "ref_audio": ref.audio,
+                "ref_text": ref.text,
+                "audio": utt.audio,
+                "text": utt.text,
+                "speaker": utt.speaker,
+                "ref_id": ref.id,
+            }
+        )
+    return rows, rejects
 
 
 def pair_corpus(
@@ -106,50 +165,15 @@ def pair_corpus(
     min_ref_seconds: float = 3.0,
     max_ref_seconds: float = 15.0,
 ) -> ImportResult:
-    """Give every utterance a reference: another utterance of its speaker lasting [min, max] seconds.
-
-    The choice depends only on the seed, the utterance's id and its speaker's eligible ids (sorted), so the pairing is
-    reproducible and does not change with line or file-system order. Rows and rejects together cover every line.
-    """
-    if min_ref_seconds < 0 or max_ref_seconds < min_ref_seconds:
-        raise UsageError(f"need 0 <= min_ref_seconds <= max_ref_seconds, got {min_ref_seconds}, {max_ref_seconds}")
+    """Read an `audio|text|speaker` corpus and pair it (`pair_utterances`); rows and rejects together cover every
+    line, rows in line order."""
+    check_ref_limits(min_ref_seconds, max_ref_seconds)
     meta = _metadata_file(Path(corpus))
     utterances, rejects = _read_corpus(meta, Path(manifest_dir))
-    eligible: dict[str, list[_Utterance]] = {}
-    for utt in utterances:
-        if min_ref_seconds <= utt.seconds <= max_ref_seconds:
-            eligible.setdefault(utt.speaker, []).append(utt)
-    position: dict[str, int] = {}
-    for refs in eligible.values():
-        refs.sort(key=lambda u: u.id)
-        position.update((u.id, i) for i, u in enumerate(refs))
-
-    rows_by_line: dict[int, dict[str, Any]] = {}
-    for utt in utterances:
-        refs = eligible.get(utt.speaker, [])
-        own = position.get(utt.id)  # ids are unique, so a hit is this utterance's slot in its speaker's list
-        choices = len(refs) - (own is not None)
-        if choices == 0:
-            reason = f"speaker {utt.speaker!r} has no other utterance lasting {min_ref_seconds:g}-{max_ref_seconds:g} s"
-            rejects.append(Reject(str(meta), utt.line, utt.id, reason))
-            continue
-        # Seeding with a string is stable across processes (unlike hash()), and per-utterance RNGs keep each choice
-        # independent of how many other utterances came before it.
-        pick = random.Random(f"{seed}\x00{utt.speaker}\x00{utt.id}").randrange(choices)
-        if own is not None and pick >= own:
-            pick += 1  # skip the utterance itself without building a filtered list (O(1) per utterance)
-        ref = refs[pick]
-        rows_by_line[utt.line] = {
-            "id": utt.id,
-            "ref_audio": ref.audio,
-            "ref_text": ref.text,
-            "audio": utt.audio,
-            "text": utt.text,
-            "speaker": utt.speaker,
-            "ref_id": ref.id,
-        }
+    rows, unpaired = pair_utterances(utterances, seed, min_ref_seconds, max_ref_seconds)
+    rejects += unpaired
     rejects.sort(key=lambda r: r.line)
-    return ImportResult([rows_by_line[k] for k in sorted(rows_by_line)], rejects)
+    return ImportResult(rows, rejects)
 
 
 def import_pairs(
