@@ -107,7 +107,7 @@ def find_tables(inputs: Sequence[str | Path], split: str = "train") -> list[Path
 def _check_columns(path: Path, schema: pa.Schema, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in schema.names]
     if missing:
-        raise InputError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(schema.names)}); "
+        raise UsageError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(schema.names)}); "
                          "name the right ones with --audio-column, --text-column, ...")  # fmt: skip
 
 
@@ -211,16 +211,23 @@ def import_hf(
         for table in tables:
             source = str(table)
             label = Path(os.path.relpath(os.path.abspath(table), root)).with_suffix("").as_posix()
-            for row, values in enumerate(_rows(table, columns)):
-                record_id = None
-                try:
-                    record_id = label_value(values[id_column], "id") if id_column else f"{label}_{row}"
-                    text = text_value(values[text_column], "text")
-                    speaker = label_value(values[speaker_column], "speaker") if speaker_column else single_speaker
-                    audio = _audio(values[audio_column], table.parent)
-                except BadEntry as err:
-                    writer.reject(source, row, record_id, str(err))
-                else:
-                    writer.add(source, row, record_id, audio, text, speaker)
-                bar.update()
+            row = 0
+            try:
+                for row, values in enumerate(_rows(table, columns)):
+                    record_id = None
+                    try:
+                        record_id = label_value(values[id_column], "id") if id_column else f"{label}_{row}"
+                        text = text_value(values[text_column], "text")
+                        speaker = label_value(values[speaker_column], "speaker") if speaker_column else single_speaker
+                        audio = _audio(values[audio_column], table.parent)
+                    except BadEntry as err:
+                        writer.reject(source, row, record_id, str(err))
+                    else:
+                        writer.add(source, row, record_id, audio, text, speaker)
+                    bar.update()
+                    row += 1
+            except InputError as err:
+                # A corrupt table file costs its unreadable rest, not the import (a missing column, a UsageError,
+                # still stops it: every table would miss it).
+                writer.reject(source, row, None, f"{err}; the rows before it were kept")
     return finish(writer, rejects_path, "row", seed, min_ref_seconds, max_ref_seconds)

@@ -158,12 +158,18 @@ def import_webdataset(
     with progress(show_progress, "webdataset import") as bar:
         for shard in shards:
             source = str(shard)
-            for index, (key, members) in enumerate(_samples(shard)):
-                try:
-                    audio, text, speaker = _parse_sample(members, text_field, speaker_field)
-                except BadEntry as err:
-                    writer.reject(source, index, key, str(err))
-                else:
-                    writer.add(source, index, key, audio, text, speaker or single_speaker)
-                bar.update()
+            index = 0
+            try:
+                for index, (key, members) in enumerate(_samples(shard)):
+                    try:
+                        audio, text, speaker = _parse_sample(members, text_field, speaker_field)
+                    except BadEntry as err:
+                        writer.reject(source, index, key, str(err))
+                    else:
+                        writer.add(source, index, key, audio, text, speaker or single_speaker)
+                    bar.update()
+                    index += 1
+            except InputError as err:
+                # A truncated or corrupt shard (an interrupted download) costs its unreadable rest, not the import.
+                writer.reject(source, index, None, f"{err}; the samples before it were kept")
     return finish(writer, rejects_path, "sample", seed, min_ref_seconds, max_ref_seconds)

@@ -287,7 +287,19 @@ def test_commands_run_as_modules(tmp_path: Path) -> None:
         missing = _run(command, str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.jsonl"))
         assert missing.returncode == 4
         assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: not found"]
+    # A shard cut short (an interrupted download) and a file that is no tar at all cost what cannot be read, not the
+    # import: the samples before the cut are kept and each unreadable rest is one reject naming the file.
+    _write_shard(tmp_path / "other.tar", [{**x, "__key__": "other_" + x["__key__"]} for x in _good_samples()])
+    whole = (tmp_path / "other.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[: len(whole) // 2])
     not_tar = tmp_path / "notes.tar"
     not_tar.write_text("plain text, not a tar archive")
-    bad = _run("webdataset", str(not_tar), "--out", str(tmp_path / "x.jsonl"))
-    assert bad.returncode == 5 and bad.stderr.startswith(f"error: {not_tar}: not a readable tar file")
+    cut = _run("webdataset", str(tmp_path / "shard.tar"), str(tmp_path / "cut.tar"), str(not_tar), "--out",
+               str(tmp_path / "x.jsonl"), "--rejects", str(tmp_path / "x.rejects.jsonl"), *limits)  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+    rejects = [json.loads(line) for line in (tmp_path / "x.rejects.jsonl").read_text().splitlines()]
+    unreadable = {r["source"]: r for r in rejects if "not a readable tar file" in r["reason"]}
+    assert set(unreadable) == {str(tmp_path / "cut.tar"), str(not_tar)}
+    assert unreadable[str(not_tar)]["sample"] == 0 and unreadable[str(tmp_path / "cut.tar")]["sample"] >= 1
+    kept = [json.loads(line)["id"] for line in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert len(kept) > 8  # the whole first shard and the readable start of the cut one
