@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 
 from benchmarks._corpus import bench_corpus
@@ -28,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     manifest, codec_file, scratch = bench_corpus()
     root = scratch.parent / "references_prepared"
-    if not (root / "index.parquet").is_file():
+    if not (root / "utterances.parquet").is_file():  # (re)made in the utterance format
+        shutil.rmtree(root, ignore_errors=True)
         prepare(PrepareConfig(str(manifest), "dac", str(codec_file), str(root), 64), show_progress=False)
     meta = json.loads((root / "dataset.json").read_text())
     layout = LayoutBuilder(build_tiny_tokenizer(), AudioGeometry(meta["num_codebooks"], meta["codebook_size"]),
@@ -36,7 +38,8 @@ def main() -> None:
     print(f"{len(PreparedDataset(root, layout))} examples, token budget {args.max_tokens}, {args.epochs} epochs")
     for mode in ("fixed", "same_speaker"):
         dataset = PreparedDataset(root, layout, ReferencePolicy(mode, 1.0, 30.0, seed=0))
-        sampler = TokenBudgetBatchSampler(dataset.lengths, args.max_tokens, seed=0)
+        sampler = TokenBudgetBatchSampler(dataset.lengths, args.max_tokens, seed=0,
+                                          epoch_lengths=dataset.epoch_lengths if dataset.needs_epoch else None)
         seen: dict[int, set] = {i: set() for i in range(len(dataset))}
         real = padded = 0
         for epoch in range(args.epochs):
@@ -45,13 +48,13 @@ def main() -> None:
                 for i in batch:
                     example = dataset[(i, epoch)]
                     tokens.append(example.num_tokens)
-                    seen[i].add(tuple(example.input_ids.tolist()))
+                    seen[i].add(dataset.reference_uid(i, epoch))
                 real += sum(tokens)
                 padded += max(tokens) * len(batch)
         distinct = [len(s) for s in seen.values()]
         print(f"{mode:13s} distinct references per utterance: mean {statistics.mean(distinct):.1f}, min "
               f"{min(distinct)}, max {max(distinct)}; padding efficiency {real / padded:.1%} "
-              f"(planned on bounds: {sampler.padding_efficiency(0):.1%})")  # fmt: skip
+              f"(as planned: {sampler.padding_efficiency(0):.1%})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ class DataSection(_Section):
     num_workers: int = 1  # DataLoader worker processes (0 = load in the training process)
     max_bad_fraction: float = 0.01  # stop when more than this fraction of rows failed to load (after 100 rows)
     # Which reference each training example is cloned from: "fixed" (the manifest's pairing) or "same_speaker"
-    # (per epoch, the reference of another row of its speaker lasting [reference_min_seconds, reference_max_seconds];
+    # (per epoch, another stored utterance of its speaker lasting [reference_min_seconds, reference_max_seconds];
     # needs data.prepared and a `speaker` per row; data_pipeline/reference_choice.py). Evaluation always uses "fixed".
     reference: Literal["fixed", "same_speaker"] = "fixed"
     reference_min_seconds: float = 1.0
