@@ -75,6 +75,7 @@ def test_same_speaker_references_vary_per_epoch_and_are_packed_on_their_real_len
     # The sampler packs each epoch on the drawn lengths: no batch of any epoch exceeds the budget as built.
     sampler = TokenBudgetBatchSampler(varied.lengths, 1500, seed=2, epoch_lengths=varied.epoch_lengths)
     for epoch in range(3):
+        assert sampler.lengths_of(epoch).tolist() == varied.epoch_lengths(epoch) != varied.lengths
         for batch in sampler.epoch_batches(epoch):
             assert max(varied[(i, epoch)].num_tokens for i in batch) * len(batch) <= 1500
 
@@ -90,6 +91,7 @@ def test_training_with_same_speaker_references(assets, prepared_corpus: Path, tm
         load_run_config(None, ["data.reference=same_speaker", "data.manifest=m.jsonl"])
     trainer = Trainer(make_config(assets, tmp_path, f"data.prepared={prepared_corpus}", "data.reference=same_speaker",
                                   "data.max_tokens=3000", "train.max_steps=2", "train.tensorboard=false"))  # fmt: skip
-    assert trainer.batches.sampler.with_epoch
+    sampler, dataset = trainer.batches.sampler, trainer.data.dataset
+    assert sampler.with_epoch and sampler.lengths_of(1).tolist() == dataset.epoch_lengths(1) != dataset.lengths
     assert trainer.fit().final_step == 2
     assert trainer.monitor.dropped_samples == 0 and trainer.batches.bad_samples == 0
