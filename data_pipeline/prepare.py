@@ -173,10 +173,9 @@ def _read_utterances(out: Path, num_shards: int) -> dict[int, dict]:
         path = out / utterance_shard_name(k)
         if not path.is_file():
             raise RuntimeError(f"shard {path} is missing: a rank did not finish; re-run the same command to resume")
-        table = pq.read_table(path, columns=[*LIGHT_COLUMNS, "pcm16k"])
-        has_pcm = [len(b) > 0 for b in table.column("pcm16k").to_pylist()]
-        for row, item in enumerate(table.drop(["pcm16k"]).to_pylist()):
-            found[item["uid"]] = {**item, "shard": k, "row": row, "has_pcm": has_pcm[row]}
+        for row, item in enumerate(pq.read_table(path, columns=LIGHT_COLUMNS).to_pylist()):
+            has_pcm = item.pop("pcm_format") != "none"
+            found[item["uid"]] = {**item, "shard": k, "row": row, "has_pcm": has_pcm}
     return found
 
 

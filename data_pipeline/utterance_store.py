@@ -36,8 +36,8 @@ UTTERANCE_SCHEMA = pa.schema([
     ("seconds", pa.float32()), ("samples16k", pa.int64()), ("pcm16k", pa.binary()), ("pcm_format", pa.string()),
     ("error", pa.string()),
 ])  # fmt: skip
-# What the merge step reads from each shard (everything but the heavy binary columns).
-LIGHT_COLUMNS = ["uid", "frames", "seconds", "samples16k", "error"]
+# What the merge step reads from each shard (not the heavy binary columns; pcm_format is "none" where no PCM is kept).
+LIGHT_COLUMNS = ["uid", "frames", "seconds", "samples16k", "pcm_format", "error"]
 
 # Training reads rows in random order and Parquet decodes whole row groups, so groups are kept small: about this many
 # bytes each (a few rows when they hold PCM, a few hundred when they hold only codes, where per-group metadata would
