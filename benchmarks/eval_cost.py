@@ -14,7 +14,10 @@ import shutil
 import time
 from collections import defaultdict
 
+from ds_train.conditioning import ConditioningGain
 from ds_train.demo import run_demo
+from ds_train.evaluation import Evaluator
+from ds_train.generation_eval import GenerationEvaluator
 from ds_train.trainer import Trainer
 
 SECONDS: dict[str, float] = defaultdict(float)
@@ -41,10 +44,17 @@ def main() -> None:
     Trainer.train_step = _timed("steps", Trainer.train_step)
     Trainer._evaluate_and_log = _timed("evaluations", Trainer._evaluate_and_log)
     Trainer._log_generated = _timed("generation", Trainer._log_generated)
+    Trainer._build_generation = _timed("building the generation evaluator", Trainer._build_generation)
+    Evaluator.run = _timed("eval passes (own references, swapped ones)", Evaluator.run)
+    ConditioningGain.run = _timed("swapped-reference passes", ConditioningGain.run)
+    GenerationEvaluator._measure = _timed("measuring generated audio", GenerationEvaluator._measure)
     run_demo(args.output_dir, args.steps, args.overrides)
     steps, evals, gen = SECONDS["steps"], SECONDS["evaluations"], SECONDS["generation"]
     print(f"optimizer steps {steps:.1f} s, evaluations {evals:.1f} s (of which generation {gen:.1f} s): "
           f"evaluation share {evals / (steps + evals):.1%} of step + evaluation time")  # fmt: skip
+    for name, seconds in SECONDS.items():
+        if name not in ("steps", "evaluations", "generation"):
+            print(f"  {name}: {seconds:.2f} s")
 
 
 if __name__ == "__main__":

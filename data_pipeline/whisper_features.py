@@ -49,10 +49,19 @@ class WhisperLogMel:
         if waves.shape[1] > WHISPER_CHUNK_SAMPLES:
             raise ValueError(f"Whisper chunks are at most {WHISPER_CHUNK_SAMPLES} samples (30 s), got {waves.shape[1]}")
         filters, window = self._constants(waves.device)
-        waves = torch.nn.functional.pad(waves.float(), (0, WHISPER_CHUNK_SAMPLES - waves.shape[1]))
+        # A frame starting more than half a window past the longest chunk sees only zero padding: its power is exactly
+        # 0, so its log-mel is the floor log10(1e-10). Only the frames that can see audio are transformed (a 3 s
+        # reference needs ~320 of the 3000; the STFT was the loader's largest per-sample cost), the rest are filled.
+        longest = int(lengths.max())
+        span = min(WHISPER_CHUNK_SAMPLES, -(-(longest + N_FFT) // HOP) * HOP)  # >= longest + half a window of zeros
+        waves = waves[:, :span].float()
+        waves = torch.nn.functional.pad(waves, (0, span - waves.shape[1]))
+        computed = min(FRAMES, span // HOP)
         stft = torch.stft(waves, N_FFT, HOP, window=window, return_complex=True)
-        power = (stft[..., :-1].abs() ** 2).contiguous()  # [N, 201, 3000]
-        log_spec = (filters @ power).clamp(min=1e-10).log10()
+        power = (stft[..., :computed].abs() ** 2).contiguous()  # [N, 201, computed]
+        floor = torch.full((), 1e-10, device=waves.device).log10()
+        log_spec = floor.expand(waves.shape[0], WHISPER_MEL_BINS, FRAMES).clone()  # [N, 128, 3000]
+        log_spec[..., :computed] = (filters @ power).clamp(min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         features = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
         frames = torch.arange(FRAMES, device=waves.device)

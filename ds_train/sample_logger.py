@@ -5,6 +5,7 @@ the generated audio next to them). All ids pass through `safe_decode` first; not
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import torch
 
@@ -14,6 +15,8 @@ from data_pipeline.types import IGNORE_INDEX, AudioGeometry
 from ds_train.safe_decode import safe_decode_text, sanitize_codes
 
 log = logging.getLogger("ds_train")
+
+DECODES_KEPT = 4  # decoded reference / target waveforms kept (two per logged prefix: samples, eval_samples)
 
 
 def audio_spans(input_ids: torch.Tensor, special: SpecialTokenIds, audio_token: int, delay_token: int) -> list[int]:
@@ -71,6 +74,9 @@ class SampleLogger:
         self.audio_token, self.delay_token = audio_token, delay_token
         self.invalid_ids = 0
         self.last_waves: dict[str, dict[str, torch.Tensor]] = {}  # prefix -> the last logged sample's decoded audio
+        # Evaluations log the same eval sample each time: its reference and real target decode to the same audio, so
+        # the last few decodes are kept (a codec decode was the largest cost of logging a sample).
+        self._decoded: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def _target_text_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """The last user turn's tokens (the text the target audio speaks), from one sample's input_ids [L]."""
@@ -87,6 +93,19 @@ class SampleLogger:
         codes, bad = sanitize_codes(revert_delay(frames), self.geometry.codec_codebook_size)
         self.invalid_ids += bad
         return codes
+
+    def _decode(self, codes: torch.Tensor, remember: bool) -> torch.Tensor:
+        """codes [C, T] -> waveform [S] in [-1, 1]; with `remember`, from the last few decodes when they hold it."""
+        key = (tuple(codes.shape), codes.numpy().tobytes()) if remember else None
+        if key in self._decoded:
+            self._decoded.move_to_end(key)
+            return self._decoded[key]
+        wave = self.codec.decode(codes).clamp(-1, 1)
+        if remember:
+            self._decoded[key] = wave
+            while len(self._decoded) > DECODES_KEPT:
+                self._decoded.popitem(last=False)
+        return wave
 
     def log(self, step: int, batch: dict, out, prefix: str = "samples", figure: bool = True) -> None:
         """The batch's first sample as TensorBoard text and audio under `prefix`/ (samples, or eval_samples), and,
@@ -155,7 +174,7 @@ class SampleLogger:
         sr = self.codec.sample_rate
         waves = {}
         for name, fr in (("reference", ref_frames), ("target", tgt_frames), ("predicted_teacher_forced", predicted)):
-            waves[name] = self.codec.decode(self._codes(fr)).clamp(-1, 1)
+            waves[name] = self._decode(self._codes(fr), remember=name != "predicted_teacher_forced")
             self.writer.add_audio(f"{prefix}/{name}", waves[name].unsqueeze(0), step, sample_rate=sr)
         self.last_waves[prefix] = waves
         if figure:

@@ -123,6 +123,14 @@ def test_samples_are_decoded_to_tensorboard(assets, tmp_path: Path) -> None:
     assert text in manifest_texts
     assert any("samples/prompt" in tag for tag in acc.Tags()["tensors"])
     assert read_scalars(trainer.tb_dir)["perf/samples_per_s"][2] > 0
+    # A reference or target logged again (evaluations log the same eval sample each time) is not decoded again.
+    logger, calls = trainer.samples, []
+    decode = logger.codec.decode
+    logger.codec.decode = lambda codes: calls.append(codes.shape) or decode(codes)
+    codes = torch.randint(0, logger.geometry.codec_codebook_size, (logger.geometry.num_codebooks, 20))
+    first, again = logger._decode(codes, remember=True), logger._decode(codes.clone(), remember=True)
+    assert torch.equal(first, again) and len(calls) == 1
+    assert torch.equal(logger._decode(codes, remember=False), first) and len(calls) == 2
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,11 @@ def test_log_mel_matches_transformers_feature_extractor() -> None:
     assert features.shape == reference["input_features"].shape == (4, 128, 3000)
     assert torch.allclose(features, reference["input_features"], atol=1e-4)
     assert torch.equal(mask, reference["attention_mask"].long())
+    # Short chunks alone transform only the frames that can see audio: the same features as next to a 30 s chunk,
+    # where every frame is transformed.
+    alone, alone_mask = WhisperLogMel()(waves[[0, 2, 3], :20807], lengths[[0, 2, 3]])
+    assert torch.allclose(alone, features[[0, 2, 3]], atol=1e-6, rtol=0) and torch.equal(alone_mask, mask[[0, 2, 3]])
+    assert torch.equal(alone[:, :, 200:], features[[0, 2, 3], :, 200:])  # the filled frames, exactly
     with pytest.raises(EmptyWhisperFeaturesError, match=r"\(0, 480000\)"):
         WhisperLogMel()(torch.zeros(0, 480000), torch.zeros(0))
     with pytest.raises(ValueError, match="at most 480000"):
