@@ -16,22 +16,39 @@ from collections import defaultdict
 
 from ds_train.conditioning import ConditioningGain
 from ds_train.demo import run_demo
-from ds_train.evaluation import Evaluator
 from ds_train.generation_eval import GenerationEvaluator
+from ds_train.sample_logger import SampleLogger
 from ds_train.trainer import Trainer
 
 SECONDS: dict[str, float] = defaultdict(float)
+INSIDE_EVALUATION = [False]
 
 
-def _timed(name: str, method):
+def _timed(name: str, method, within_evaluations: bool = True):
+    """`method` with its time added to SECONDS[name]; with `within_evaluations`, only while an evaluation runs (the
+    same methods also serve training-time logging and the demo's closing passes)."""
+
     def wrapper(self, *args, **kwargs):
+        counted = not within_evaluations or INSIDE_EVALUATION[0]
         started = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         finally:
-            SECONDS[name] += time.perf_counter() - started
+            if counted:
+                SECONDS[name] += time.perf_counter() - started
 
     return wrapper
+
+
+def _evaluation(method):
+    def wrapper(self, *args, **kwargs):
+        INSIDE_EVALUATION[0] = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            INSIDE_EVALUATION[0] = False
+
+    return _timed("evaluations", wrapper, within_evaluations=False)
 
 
 def main() -> None:
@@ -41,20 +58,20 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     shutil.rmtree(f"{args.output_dir}/run", ignore_errors=True)
-    Trainer.train_step = _timed("steps", Trainer.train_step)
-    Trainer._evaluate_and_log = _timed("evaluations", Trainer._evaluate_and_log)
-    Trainer._log_generated = _timed("generation", Trainer._log_generated)
-    Trainer._build_generation = _timed("building the generation evaluator", Trainer._build_generation)
-    Evaluator.run = _timed("eval passes (own references, swapped ones)", Evaluator.run)
-    ConditioningGain.run = _timed("swapped-reference passes", ConditioningGain.run)
-    GenerationEvaluator._measure = _timed("measuring generated audio", GenerationEvaluator._measure)
+    Trainer.train_step = _timed("steps", Trainer.train_step, within_evaluations=False)
+    Trainer._evaluate_and_log = _evaluation(Trainer._evaluate_and_log)
+    Trainer.evaluate = _timed("teacher-forced passes (eval set with own and swapped references)", Trainer.evaluate)
+    ConditioningGain.run = _timed("  of which swapped-reference passes", ConditioningGain.run)
+    SampleLogger.log = _timed("logging the eval sample (decoded audio)", SampleLogger.log)
+    GenerationEvaluator.run = _timed("generating", GenerationEvaluator.run)
+    GenerationEvaluator._measure = _timed("  of which measuring generated audio", GenerationEvaluator._measure)
+    SampleLogger.log_codes = _timed("logging generated audio and the spectrogram figure", SampleLogger.log_codes)
     run_demo(args.output_dir, args.steps, args.overrides)
-    steps, evals, gen = SECONDS["steps"], SECONDS["evaluations"], SECONDS["generation"]
-    print(f"optimizer steps {steps:.1f} s, evaluations {evals:.1f} s (of which generation {gen:.1f} s): "
-          f"evaluation share {evals / (steps + evals):.1%} of step + evaluation time")  # fmt: skip
+    steps, evals = SECONDS.pop("steps"), SECONDS.pop("evaluations")
+    print(f"optimizer steps {steps:.1f} s, evaluations {evals:.1f} s: evaluation share {evals / (steps + evals):.1%} "
+          "of step + evaluation time; within the evaluations:")
     for name, seconds in SECONDS.items():
-        if name not in ("steps", "evaluations", "generation"):
-            print(f"  {name}: {seconds:.2f} s")
+        print(f"  {name}: {seconds:.2f} s")
 
 
 if __name__ == "__main__":
