@@ -15,7 +15,9 @@ predict token t. Never shift here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -75,9 +77,14 @@ class LayoutBuilder:
         self.ids = SpecialTokenIds.from_tokenizer(tokenizer)
         self.geometry = geometry
         self.options = options or LayoutOptions()
+        # The template's fixed pieces (headers, system prompt, "\n\n") are tokenized for every example: keep them.
+        self._fixed_text = lru_cache(maxsize=64)(self._tokenize)
+
+    def _tokenize(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(self._fixed_text(text))
 
     def _header(self, role: str) -> list[int]:
         return [self.ids.start_header, *self._text(role), self.ids.end_header]
@@ -161,6 +168,35 @@ class LayoutBuilder:
             elif kind == "audio":
                 total += value + 2
         return total
+
+    def token_counts(
+        self,
+        ref_texts: Sequence[str],
+        texts: Sequence[str],
+        ref_steps: Sequence[int],
+        target_steps: Sequence[int],
+        ref_samples16k: Sequence[int],
+        scenes: Sequence[str | None],
+        chunk: int = 4096,
+    ) -> list[int]:
+        """`token_count` of many examples: their two free texts are tokenized in batches (a fast tokenizer's batch
+        call is ~10x cheaper per text than one call each), everything else is the same arithmetic. Each text piece is
+        tokenized on its own, so a count is the count with empty texts plus what the texts add."""
+
+        def lengths(pieces: list[str]) -> list[int]:
+            out: list[int] = []
+            for start in range(0, len(pieces), chunk):
+                encoded = self.tokenizer(pieces[start : start + chunk], add_special_tokens=False)["input_ids"]
+                out += [len(ids) for ids in encoded]
+            return out
+
+        ref_lengths, text_lengths = lengths(["\n\n" + t for t in ref_texts]), lengths(["\n\n" + t for t in texts])
+        empty = len(self._text("\n\n"))
+        return [
+            self.token_count("", "", rf, tf, rs, sc) - 2 * empty + rl + tl
+            for rl, tl, rf, tf, rs, sc in zip(ref_lengths, text_lengths, ref_steps, target_steps, ref_samples16k,
+                                               scenes, strict=True)
+        ]  # fmt: skip
 
     def _target_labels(self, frames: torch.Tensor) -> torch.Tensor:
         """Delayed target frames [F, C] -> labels [F, C]: every code, plus each codebook's own stream EOS (its first

@@ -87,13 +87,8 @@ class PreparedDataset(Dataset):
         self.utterances = pq.read_table(self.root / UTTERANCES_FILE).to_pydict()
         self._position = {uid: k for k, uid in enumerate(self.utterances["uid"])}
         x = self.index
-        self.lengths = [
-            layout.token_count(rt, t, rf, tf, rs, sc)
-            for rt, t, rf, tf, rs, sc in zip(
-                x["ref_text"], x["text"], x["ref_frames"], x["target_frames"], x["ref_samples16k"], x["scene"],
-                strict=True,
-            )
-        ]  # fmt: skip
+        self.lengths = layout.token_counts(x["ref_text"], x["text"], x["ref_frames"], x["target_frames"],
+                                           x["ref_samples16k"], x["scene"])  # fmt: skip
         rejects_path = self.root / REJECTS_FILE
         self.rejects = [
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
@@ -118,16 +113,15 @@ class PreparedDataset(Dataset):
             x["speaker"], x["target_uid"], [u["uid"][k] for k in donors], [u["speaker"][k] for k in donors],
             [u["seconds"][k] for k in donors], self.reference,
         )  # fmt: skip
-        self._bare = np.array([
-            layout.token_count("", t, 0, tf, 0, sc)
-            for t, tf, sc in zip(x["text"], x["target_frames"], x["scene"], strict=True)
-        ], dtype=np.int64)  # fmt: skip
+        n = len(x["text"])
+        self._bare = np.array(layout.token_counts([""] * n, x["text"], [0] * n, x["target_frames"], [0] * n,
+                                                  x["scene"]), dtype=np.int64)  # fmt: skip
         self._own_part = np.array(self.lengths, dtype=np.int64) - self._bare
         empty = layout.token_count("", "", 0, 0, 0, None)
-        self._part = {
-            u["uid"][k]: layout.token_count(u["text"][k], "", u["frames"][k], 0, u["samples16k"][k], None) - empty
-            for k in donors
-        }  # fmt: skip
+        parts = layout.token_counts([u["text"][k] for k in donors], [""] * len(donors),
+                                    [u["frames"][k] for k in donors], [0] * len(donors),
+                                    [u["samples16k"][k] for k in donors], [None] * len(donors))  # fmt: skip
+        self._part = {u["uid"][k]: count - empty for k, count in zip(donors, parts, strict=True)}
         self.lengths = [
             int(self._bare[i] + max([self._own_part[i], *(self._part[v] for v in self.draws.candidates(i))]))
             for i in range(len(self._bare))

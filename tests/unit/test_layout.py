@@ -191,3 +191,21 @@ def test_whisper_token_count_matches_the_original_formula(num_samples: int) -> N
 def test_whisper_token_count_keeps_one_position_for_a_tiny_tail_chunk() -> None:
     for n in (100, 320):  # the one documented difference
         assert _original_audio_in_count(n) == 0 and whisper_token_count(n) == 1
+
+
+@pytest.mark.parametrize("whisper", [True, False])
+def test_batched_token_counts_equal_one_at_a_time_and_the_built_examples(whisper: bool) -> None:
+    builder = LayoutBuilder(build_tiny_tokenizer(), GEO, LayoutOptions(whisper=whisper))
+    rows = [
+        ("Hello there.", "Bonjour, ça va?", 30, 41, 16000 * 3, None),
+        ("", "x", 9, 12, 16000, "Quiet room."),
+        ("A long reference text, with commas; and more.", "  spaces  ", 120, 7, 16000 * 31, None),
+        ("日本語のテキスト", "\n\nnewlines\n", 15, 15, 4000, "Street\nnoise"),
+    ]
+    counts = builder.token_counts(*(list(column) for column in zip(*rows, strict=True)), chunk=3)
+    assert counts == [builder.token_count(*row) for row in rows]
+    for (ref_text, text, rf, tf, rs, scene), count in zip(rows, counts, strict=True):
+        codes = lambda n: torch.randint(0, GEO.codec_codebook_size, (GEO.num_codebooks, n))  # noqa: E731
+        wave = torch.randn(rs) * 0.1 if whisper else None
+        built = builder.build("id", ref_text, codes(rf), text, codes(tf), ref_wave_16k=wave, scene=scene)
+        assert built.num_tokens == count
