@@ -187,7 +187,8 @@ def _example(row: ManifestRow, ref: dict, target: dict, limits: Limits) -> dict:
             raise RowError(stored["error"])
         check_duration(path, stored["seconds"], limits, role)
     return {
-        "id": row.id, "line": row.line, "speaker": row.speaker, "scene": row.scene, "ref_text": ref_text,
+        "id": row.id, "line": row.line, "speaker": row.speaker, "language": row.language, "scene": row.scene,
+        "ref_text": ref_text,
         "text": text, "ref_uid": ref["uid"], "target_uid": target["uid"], "ref_frames": ref["frames"],
         "target_frames": target["frames"], "ref_samples16k": ref["samples16k"], "ref_seconds": ref["seconds"],
         "target_seconds": target["seconds"],
@@ -195,15 +196,16 @@ def _example(row: ManifestRow, ref: dict, target: dict, limits: Limits) -> dict:
 
 
 INDEX_SCHEMA = pa.schema([
-    ("id", pa.string()), ("line", pa.int64()), ("speaker", pa.string()), ("scene", pa.string()),
-    ("ref_text", pa.string()), ("text", pa.string()), ("ref_uid", pa.int64()), ("target_uid", pa.int64()),
+    ("id", pa.string()), ("line", pa.int64()), ("speaker", pa.string()), ("language", pa.string()),
+    ("scene", pa.string()), ("ref_text", pa.string()), ("text", pa.string()), ("ref_uid", pa.int64()),
+    ("target_uid", pa.int64()),
     ("ref_frames", pa.int32()), ("target_frames", pa.int32()), ("ref_samples16k", pa.int64()),
     ("ref_seconds", pa.float32()), ("target_seconds", pa.float32()),
 ])  # fmt: skip
 UTTERANCE_INDEX_SCHEMA = pa.schema([
     ("uid", pa.int64()), ("path", pa.string()), ("text", pa.string()), ("speaker", pa.string()),
-    ("shard", pa.int32()), ("row", pa.int32()), ("frames", pa.int32()), ("seconds", pa.float32()),
-    ("samples16k", pa.int64()), ("has_pcm", pa.bool_()),
+    ("language", pa.string()), ("shard", pa.int32()), ("row", pa.int32()), ("frames", pa.int32()),
+    ("seconds", pa.float32()), ("samples16k", pa.int64()), ("has_pcm", pa.bool_()),
 ])  # fmt: skip
 
 
@@ -240,6 +242,7 @@ def merge(
     rejects, examples = [r.to_json() for r in parse_rejects], []
     texts: dict[int, str] = {}  # an utterance's transcript: its text where it is a target, else its ref_text
     speakers: dict[int, str | None] = {}
+    languages: dict[int, str | None] = {}
     as_target: set[int] = set()
     for row in rows:
         ref, target = stored[uid_of[row.ref_audio]], stored[uid_of[row.audio]]
@@ -254,8 +257,10 @@ def merge(
         texts.setdefault(ref["uid"], examples[-1]["ref_text"])
         for uid in (ref["uid"], target["uid"]):
             speakers.setdefault(uid, row.speaker)
+            languages.setdefault(uid, row.language)
     utterances = [
         {"uid": f.uid, "path": str(f.path), "text": texts[f.uid], "speaker": speakers[f.uid],
+         "language": languages[f.uid],
          **{k: stored[f.uid][k] for k in ("shard", "row", "frames", "seconds", "samples16k", "has_pcm")}}
         for f in files if f.uid in texts
     ]  # fmt: skip

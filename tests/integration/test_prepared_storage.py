@@ -63,8 +63,20 @@ def test_no_pcm_shrinks_the_set_and_whisper_runs_are_refused_by_name(
     assets, prepared_corpus: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "no_pcm"
-    cfg = PrepareConfig(str(assets.manifest), "dac", str(assets.codec_file), str(out), 12, whisper_pcm="no")
+    # the same manifest with a language per row: it is kept per example and per utterance
+    lines = [json.loads(line) for line in assets.manifest.read_text().splitlines()]
+    manifest = assets.manifest.parent / "with_languages.jsonl"
+    manifest.write_text("".join(json.dumps({**r, "language": ["en", "de"][k % 2]}) + "\n" for k, r in enumerate(lines)))
+    cfg = PrepareConfig(str(manifest), "dac", str(assets.codec_file), str(out), 12, whisper_pcm="no")
     summary = prepare(cfg, show_progress=False)
+    index = pq.read_table(out / INDEX_FILE).to_pydict()
+    assert index["language"] == [["en", "de"][k % 2] for k in range(len(lines))]
+    utterances = pq.read_table(out / UTTERANCES_FILE).to_pydict()
+    first_use = {}
+    for k, r in enumerate(lines):
+        for path in (r["ref_audio"], r["audio"]):
+            first_use.setdefault(str(manifest.parent / path), ["en", "de"][k % 2])
+    assert utterances["language"] == [first_use[p] for p in utterances["path"]]
     with_pcm = json.loads((prepared_corpus / "summary.json").read_text())
     assert summary["examples"] == with_pcm["examples"] == 24
     assert summary["shard_bytes"] < with_pcm["shard_bytes"] / 3
