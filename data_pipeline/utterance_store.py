@@ -5,8 +5,9 @@ A prepared set (format 2) is a folder of:
   (int16 bytes, [C, T] row-major), duration, 16 kHz length and, for files that are some row's reference in a set
   prepared with `--whisper-pcm yes`, the 16 kHz PCM as lossless FLAC. A file that could not be used holds its reason
   in `error` and no codes. Written atomically: a shard either exists complete or not at all.
-- `utterances.parquet`: one row per usable utterance: uid, file, transcript, speaker, where it is stored, sizes.
-- `index.parquet`: one row per example (manifest row that passed): id, texts, speaker, scene, the uids of its
+- `utterances.parquet`: one row per usable utterance: uid, file, transcript, speaker, language, where it is stored,
+  sizes.
+- `index.parquet`: one row per example (manifest row that passed): id, texts, speaker, language, scene, the uids of its
   reference and target, and the sizes batching needs without opening any shard.
 - `dataset.json` (codec, geometry, settings), `rejects.jsonl`, `summary.json`.
 """
