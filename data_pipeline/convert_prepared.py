@@ -31,8 +31,6 @@ from data_pipeline.utterance_store import (
 )
 from data_pipeline.whisper_features import WHISPER_SAMPLE_RATE
 
-ROLE_NAMES = {"ref": "reference", "target": "target"}
-
 
 def _digest(blob: bytes, frames: int) -> bytes:
     return hashlib.blake2b(blob + frames.to_bytes(8, "little"), digest_size=16).digest()
@@ -83,24 +81,26 @@ def convert(old: str | Path, new: str | Path, utterances_per_shard: int = 512, s
         file = pq.ParquetFile(old / shard_name(k), memory_map=True)
         for g in range(file.num_row_groups):
             table = file.read_row_group(g)
+            blobs = {c: table.column(c).to_pylist() for c in ("ref_codes", "ref_frames", "target_codes",
+                                                              "target_frames")}  # fmt: skip
             for i in range(table.num_rows):
                 row = row_from_table(table, i)
-                ref = uid_of[_digest(row.ref_codes.short().numpy().tobytes(), row.ref_codes.shape[1])]
-                target = uid_of[_digest(row.target_codes.short().numpy().tobytes(), row.target_codes.shape[1])]
+                ref = uid_of[_digest(blobs["ref_codes"][i], blobs["ref_frames"][i])]
+                target = uid_of[_digest(blobs["target_codes"][i], blobs["target_frames"][i])]
                 for uid, codes, seconds, text, role in (
-                    (ref, row.ref_codes, row.ref_seconds, row.ref_text, "ref"),
+                    (ref, row.ref_codes, row.ref_seconds, row.ref_text, "reference"),
                     (target, row.target_codes, row.target_seconds, row.text, "target"),
                 ):
-                    entry = utterances.setdefault(uid, {"uid": uid, "path": f"{row.id}#{ROLE_NAMES[role]}",
+                    entry = utterances.setdefault(uid, {"uid": uid, "path": f"{row.id}#{role}",
                                                         "text": text, "speaker": row.speaker, "frames": codes.shape[1],
                                                         "seconds": seconds})  # fmt: skip
                     if role == "target" and not entry.get("from_target"):
                         entry.update(text=text, from_target=True)
                     # Written where it is first seen in the role that carries its PCM (or as a target, if never a ref)
-                    wanted = role == "ref" or uid not in is_reference
+                    wanted = role == "reference" or uid not in is_reference
                     if wanted and uid not in placed:
                         placed.add(uid)
-                        pcm = row.ref_pcm16k if role == "ref" and pcm_format != "none" else None
+                        pcm = row.ref_pcm16k if role == "reference" and pcm_format != "none" else None
                         samples = pcm.numel() if pcm is not None else round(seconds * WHISPER_SAMPLE_RATE)
                         entry.update(samples16k=samples, has_pcm=pcm is not None)
                         buffer.append(EncodedUtterance(uid, codes, seconds, samples, pcm))

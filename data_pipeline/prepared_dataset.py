@@ -122,10 +122,8 @@ class PreparedDataset(Dataset):
                                     [u["frames"][k] for k in donors], [0] * len(donors),
                                     [u["samples16k"][k] for k in donors], [None] * len(donors))  # fmt: skip
         self._part = {u["uid"][k]: count - empty for k, count in zip(donors, parts, strict=True)}
-        self.lengths = [
-            int(self._bare[i] + max([self._own_part[i], *(self._part[v] for v in self.draws.candidates(i))]))
-            for i in range(len(self._bare))
-        ]
+        # Upper bounds for the sampler's fit check: per speaker, not per example's candidate list (O(N), not N x S).
+        self.lengths = (self._bare + np.maximum(self._own_part, self.draws.speaker_max(self._part))).tolist()
 
     def epoch_lengths(self, epoch: int) -> list[int]:
         """Each example's token count with the reference drawn for `epoch` (what token-budget batching packs)."""

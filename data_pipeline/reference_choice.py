@@ -70,6 +70,19 @@ class ReferenceDraws:
                 self.own[i] = at
         self._cache: tuple[int, np.ndarray] | None = None
 
+    def speaker_max(self, value_of: dict[int, int]) -> np.ndarray:
+        """[N] int64: the largest `value_of[uid]` over the donors of each example's speaker (its own target included,
+        so a bound over what it can draw; one pass over the donors), -1 where it draws from none."""
+        best = np.full(len(self.start), -1, dtype=np.int64)
+        if not len(self.flat):
+            return best
+        values = np.array([value_of[int(uid)] for uid in self.flat], dtype=np.int64)
+        starts = np.unique(self.start[self.count > 0])
+        group_max = dict(zip(starts.tolist(), np.maximum.reduceat(values, starts).tolist(), strict=True))
+        drawing = (self.count - (self.own >= 0)) > 0
+        best[drawing] = [group_max[s] for s in self.start[drawing].tolist()]
+        return best
+
     def candidates(self, i: int) -> list[int]:
         """The uids example i may draw from (its own target excluded); [] when it keeps its prepared reference."""
         donors = self.flat[self.start[i] : self.start[i] + self.count[i]].tolist()

@@ -11,7 +11,6 @@ either exists complete or not at all.
 
 from __future__ import annotations
 
-import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,26 +112,6 @@ def row_from_table(table: pa.Table, i: int) -> EncodedRow:
         ref_pcm16k=pcm, ref_seconds=get["ref_seconds"], target_seconds=get["target_seconds"],
         speaker=get["speaker"], scene=get["scene"],
     )  # fmt: skip
-
-
-class ShardReader:
-    """Random access to one shard's rows: decodes only the row group that holds a row."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = pq.ParquetFile(path, memory_map=True)
-        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
-        self.starts = np.cumsum([0, *sizes]).tolist()
-
-    def locate(self, i: int) -> tuple[int, int]:
-        """Row i -> (row group, row within the group)."""
-        if not 0 <= i < self.starts[-1]:
-            raise IndexError(f"row {i} out of range: {self.starts[-1]} rows in this shard")
-        group = bisect.bisect_right(self.starts, i) - 1
-        return group, i - self.starts[group]
-
-    def row(self, i: int) -> EncodedRow:
-        group, offset = self.locate(i)
-        return row_from_table(self.file.read_row_group(group), offset)
 
 
 def shard_index(path: Path) -> pa.Table:
