@@ -59,14 +59,21 @@ class WhisperLogMel:
         computed = min(FRAMES, span // HOP)
         stft = torch.stft(waves, N_FFT, HOP, window=window, return_complex=True)
         power = (stft[..., :computed].abs() ** 2).contiguous()  # [N, 201, computed]
-        floor = torch.full((), 1e-10, device=waves.device).log10()
-        log_spec = floor.expand(waves.shape[0], WHISPER_MEL_BINS, FRAMES).clone()  # [N, 128, 3000]
-        log_spec[..., :computed] = (filters @ power).clamp(min=1e-10).log10()
-        peak = log_spec.amax(dim=(1, 2), keepdim=True)
-        features = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
-        frames = torch.arange(FRAMES, device=waves.device)
-        mask = (frames[None, :] * HOP < lengths.to(waves.device)[:, None]).long()
-        return features, mask
+        head = (filters @ power).clamp(min=1e-10).log10()  # [N, 128, computed]
+        peak = head.amax(dim=(1, 2), keepdim=True)  # [N, 1, 1]
+        features = torch.empty(waves.shape[0], WHISPER_MEL_BINS, FRAMES, device=waves.device)
+        if computed < FRAMES:  # the other frames hold the floor log10(1e-10), raised to the chunk's peak - 8 like all
+            floor = torch.full((), 1e-10, device=waves.device).log10()
+            peak = torch.maximum(peak, floor)
+            features[..., computed:] = (torch.maximum(floor, peak - 8.0) + 4.0) / 4.0
+        features[..., :computed] = (torch.maximum(head, peak - 8.0) + 4.0) / 4.0
+        return features, feature_mask(lengths.to(waves.device))
+
+
+def feature_mask(lengths: torch.Tensor) -> torch.Tensor:
+    """lengths [N] valid samples -> Whisper attention_mask [N, 3000] int64: 1 on frames that start inside the audio."""
+    frames = torch.arange(FRAMES, device=lengths.device)
+    return (frames[None, :] * HOP < lengths[:, None]).long()
 
 
 def empty_features(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.collator import VoiceCloningCollator
+from data_pipeline.collator import CHUNK_KEYS, VoiceCloningCollator
 from data_pipeline.errors import UsageError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.types import AudioGeometry
@@ -32,11 +32,6 @@ class Prompt:
 
     batch: dict  # the collator's batch cut to the prompt: input_ids [1, L], audio_input_ids [1, F, C], Whisper inputs
     ref_frames: int  # F: delayed reference frames the prompt holds
-
-
-# the collated batch's Whisper inputs, one entry per reference chunk (whisper_chunk_sample names its row)
-WHISPER_KEYS = ("whisper_input_features", "whisper_attention_mask", "whisper_waveforms", "whisper_lengths",
-                "whisper_token_counts")  # fmt: skip
 
 
 def build_prompt(
@@ -70,7 +65,7 @@ def prompt_from_batch(batch: dict, row: int, audio_out_bos: int, audio_placehold
     }  # fmt: skip
     if "whisper_chunk_sample" in batch:
         chunks = batch["whisper_chunk_sample"] == row
-        for key in WHISPER_KEYS:
+        for key in CHUNK_KEYS:
             if key in batch:
                 cut[key] = batch[key][chunks.to(batch[key].device)]
         cut["whisper_chunk_sample"] = torch.zeros(int(chunks.sum()), dtype=torch.long)
@@ -102,7 +97,7 @@ def stack_prompts(prompts: list[Prompt], pad_token_id: int) -> Prompt:
         batch["audio_input_ids"][i, : prompt.ref_frames] = row["audio_input_ids"][0]
         batch["audio_input_ids_mask"][i, : prompt.ref_frames] = row["audio_input_ids_mask"][0]
     if "whisper_chunk_sample" in rows[0]:
-        for key in (k for k in WHISPER_KEYS if k in rows[0]):
+        for key in (k for k in CHUNK_KEYS if k in rows[0]):
             parts = [r[key] for r in rows]
             if parts[0].dim() == 2:  # waveforms [N, S]: zero-padded to the longest chunk of the batch
                 width = max(t.shape[1] for t in parts)

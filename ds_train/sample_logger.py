@@ -13,6 +13,7 @@ from data_pipeline.delay_pattern import revert_delay
 from data_pipeline.text_tokens import SpecialTokenIds
 from data_pipeline.types import IGNORE_INDEX, AudioGeometry
 from ds_train.safe_decode import safe_decode_text, sanitize_codes
+from ds_train.spectrograms import spectrogram_image
 
 log = logging.getLogger("ds_train")
 
@@ -32,36 +33,6 @@ def audio_spans(input_ids: torch.Tensor, special: SpecialTokenIds, audio_token: 
         elif inside:
             inside = False
     return counts
-
-
-def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int = 80) -> torch.Tensor:
-    """waveform [S] -> log-mel spectrogram [n_mels, frames] in dB (floored at -100 dB)."""
-    from torchaudio.transforms import MelSpectrogram
-
-    hop = max(1, sample_rate // 100)
-    mel = MelSpectrogram(sample_rate, n_fft=4 * hop, hop_length=hop, n_mels=n_mels)(wave.float().cpu())
-    return 10 * mel.clamp(min=1e-10).log10()
-
-
-def spectrogram_figure(waves: dict[str, torch.Tensor], sample_rate: int):
-    """One matplotlib figure: the log-mel spectrogram of each waveform side by side, labelled, on one colour scale."""
-    from matplotlib.figure import Figure
-
-    mels = {name: log_mel(w, sample_rate) for name, w in waves.items() if w.numel() > 0}
-    # fixed margins: the constrained layout solver doubled the time TensorBoard takes to render the figure
-    figure = Figure(figsize=(4 * max(1, len(mels)), 3))
-    figure.subplots_adjust(left=0.06 / max(1, len(mels)) + 0.02, right=0.9, bottom=0.17, top=0.88, wspace=0.12)
-    top = max((float(m.max()) for m in mels.values()), default=0.0)
-    for i, (name, mel) in enumerate(mels.items()):
-        ax = figure.add_subplot(1, len(mels), i + 1)
-        image = ax.imshow(mel.numpy(), origin="lower", aspect="auto", vmin=top - 80, vmax=top, cmap="magma",
-                          extent=(0, mel.shape[1] / 100, 0, mel.shape[0]))  # fmt: skip
-        ax.set_title(name.replace("_", " "))
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("mel bin" if i == 0 else "")
-    if mels:
-        figure.colorbar(image, cax=figure.add_axes((0.915, 0.17, 0.012, 0.71)), label="dB")
-    return figure
 
 
 class SampleLogger:
@@ -107,21 +78,21 @@ class SampleLogger:
                 self._decoded.popitem(last=False)
         return wave
 
-    def log(self, step: int, batch: dict, out, prefix: str = "samples", figure: bool = True) -> None:
+    def log(self, step: int, batch: dict, out, prefix: str = "samples", spectrograms: bool = True) -> None:
         """The batch's first sample as TensorBoard text and audio under `prefix`/ (samples, or eval_samples), and,
-        with `figure`, its spectrograms (without: `log_codes` or `log_figure` draws them later)."""
+        with `spectrograms`, its spectrogram image (without: `log_codes` or `log_spectrograms` draws it later)."""
         try:
-            self._log(step, batch, out, prefix, figure)
+            self._log(step, batch, out, prefix, spectrograms)
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("sample logging at step %d failed and was skipped: %s: %s", step, type(err).__name__, err)
 
-    def log_figure(self, step: int, prefix: str) -> None:
-        """The spectrograms of the last sample logged under `prefix` without its figure; never raises."""
+    def log_spectrograms(self, step: int, prefix: str) -> None:
+        """The spectrogram image of the last sample logged under `prefix` with `spectrograms=False`; never raises."""
         if self.writer is None or prefix not in self.last_waves:
             return
         try:
-            figure = spectrogram_figure(self.last_waves[prefix], self.codec.sample_rate)
-            self.writer.add_figure(f"{prefix}/spectrograms", figure, step)
+            image = spectrogram_image(self.last_waves[prefix], self.codec.sample_rate)
+            self.writer.add_image(f"{prefix}/spectrograms", image, step, dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("spectrograms at step %d failed and were skipped: %s: %s", step, type(err).__name__, err)
 
@@ -133,7 +104,7 @@ class SampleLogger:
         try:
             if codes.shape[-1] == 0:
                 self.writer.add_text(tag, "no complete audio frame was generated", step)
-                self.log_figure(step, tag.split("/")[0])
+                self.log_spectrograms(step, tag.split("/")[0])
                 return
             if wave is None:
                 wave = self.codec.decode(sanitize_codes(codes, self.geometry.codec_codebook_size)[0]).clamp(-1, 1)
@@ -141,12 +112,12 @@ class SampleLogger:
             prefix = tag.split("/")[0]
             if prefix in self.last_waves:  # next to the same sample's reference, target and teacher-forced prediction
                 waves = {**self.last_waves[prefix], tag.split("/")[-1]: wave}
-                figure = spectrogram_figure(waves, self.codec.sample_rate)
-                self.writer.add_figure(f"{prefix}/spectrograms_generated", figure, step)
+                image = spectrogram_image(waves, self.codec.sample_rate)
+                self.writer.add_image(f"{prefix}/spectrograms_generated", image, step, dataformats="HWC")
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             log.warning("logging %s at step %d failed and was skipped: %s: %s", tag, step, type(err).__name__, err)
 
-    def _log(self, step: int, batch: dict, out, prefix: str, figure: bool) -> None:
+    def _log(self, step: int, batch: dict, out, prefix: str, spectrograms: bool) -> None:
         if self.writer is None:
             return
         ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].cpu()
@@ -177,6 +148,6 @@ class SampleLogger:
             waves[name] = self._decode(self._codes(fr), remember=name != "predicted_teacher_forced")
             self.writer.add_audio(f"{prefix}/{name}", waves[name].unsqueeze(0), step, sample_rate=sr)
         self.last_waves[prefix] = waves
-        if figure:
-            self.writer.add_figure(f"{prefix}/spectrograms", spectrogram_figure(waves, sr), step)
+        if spectrograms:
+            self.writer.add_image(f"{prefix}/spectrograms", spectrogram_image(waves, sr), step, dataformats="HWC")
         self.writer.add_scalar("monitor/invalid_ids_in_logging", self.invalid_ids, step)

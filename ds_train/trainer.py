@@ -272,8 +272,8 @@ class Trainer:
         sample = self.evaluator.first_sample
         generating = self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0
         if self.rank == 0 and sample is not None and self.cfg.monitor.decode_every > 0:
-            # with generation on, its figure (reference | target | teacher-forced | generated) holds this one's panels
-            self.samples.log(step, *sample, prefix="eval_samples", figure=not generating)
+            # with generation on, the image with the generated panel (reference | target | teacher-forced | generated)
+            self.samples.log(step, *sample, prefix="eval_samples", spectrograms=not generating)
         if generating:
             self._log_generated(step)
         self.evaluator.first_sample = None
@@ -301,7 +301,7 @@ class Trainer:
         if generated.last_codes is not None:
             self.samples.log_codes(step, "eval_samples/generated", generated.last_codes, generated.last_wave)
         else:
-            self.samples.log_figure(step, "eval_samples")
+            self.samples.log_spectrograms(step, "eval_samples")
 
     def _build_generation(self) -> GenerationEvaluator:
         m, llm_cfg = self.cfg.monitor, self.engine.module.llm.config

@@ -239,3 +239,25 @@ def test_encoding_runs_in_full_fp32_precision(backend: Backend) -> None:
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 == before[0]
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before[1]
+
+
+def test_decoding_skips_onednn_and_gives_the_same_audio(backend: Backend) -> None:
+    """Decoding runs the native CPU convolutions (oneDNN rebuilt its kernels for every new length, which made decoding
+    generated audio the largest cost of an evaluation; benchmarks/eval_cost.py); the audio is oneDNN's within float
+    rounding, and the global setting is left as it was."""
+    model = backend.codec.model
+    decoder = model.decoder if backend.kind == "dac" else model.acoustic_decoder
+    seen: list[bool] = []
+    hook = decoder.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    (codes,) = backend.codec.encode([_speechlike(0.7, 24000, seed=4)], 24000)
+    try:
+        wave = backend.codec.decode(codes)
+    finally:
+        hook.remove()
+    assert seen == [False] and torch.backends.mkldnn.enabled
+    with torch.no_grad():
+        if backend.kind == "dac":
+            reference = model.decode(model.quantizer.from_codes(codes.unsqueeze(0))[0])[0, 0]
+        else:
+            reference = model.decode(codes.unsqueeze(0), return_dict=False)[0, 0]
+    assert torch.allclose(wave, reference.float(), atol=1e-4, rtol=1e-4)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ds_train.model import WhisperTower
+from data_pipeline.whisper_features import WhisperLogMel
+from ds_train.model import WhisperTower, feature_digests
 from ds_train.presets import whisper_config
 from tests.helpers import tiny_model_and_batch
 
@@ -72,3 +73,24 @@ def test_remembered_whisper_chunks_give_the_same_embeddings_with_one_tower_pass_
     start, end = int(counts[0]), int(counts[:2].sum())
     assert torch.equal(other[:start], plain[:start]) and not torch.equal(other[start:end], plain[start:end])
     assert torch.equal(other[end:], plain[end:])
+
+
+def test_feature_digests_tell_every_difference_of_real_features() -> None:
+    """The memo's keys hash each chunk only up to its constant tail; any change of a value, the tail's value or where
+    the tail starts still gives another digest, and equal features give equal digests."""
+    waves = torch.randn(3, 40000, generator=torch.Generator().manual_seed(0)) * 0.1
+    lengths = torch.tensor([40000, 24000, 24000])
+    waves[1:, 24000:] = 0
+    features, _ = WhisperLogMel()(waves, lengths)
+    digests = feature_digests(features)
+    assert len(set(digests)) == 3 and feature_digests(features.clone()) == digests
+    tail_start = 24000 // 160 + 3  # a frame in the constant tail of chunks 1 and 2
+    changed = [features.clone() for _ in range(4)]
+    changed[0][1, 7, 10] += 1e-4  # inside the audio
+    changed[1][1, :, -1] += 1e-4  # the tail's value (last frame)
+    changed[2][1, 0, tail_start] += 1e-4  # one tail frame: the tail now starts later
+    changed[3][1] = features[1].roll(1, dims=-1)  # the same values, shifted
+    for other in changed:
+        new = feature_digests(other)
+        assert new[1] != digests[1] and new[0] == digests[0] and new[2] == digests[2]
+    assert feature_digests(torch.zeros(1, 128, 3000)) != feature_digests(torch.zeros(1, 128, 2999))
