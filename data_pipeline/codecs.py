@@ -40,12 +40,18 @@ class Codec(Protocol):
         ...
 
 
-def decoding_convolutions():
+@contextmanager
+def decoding_convolutions() -> Iterator[None]:
     """Inside: CPU convolutions without oneDNN. oneDNN builds a kernel for every new input length, and decoded lengths
     rarely repeat (generated audio, logged samples): on this project's CPU a tiny DAC decode took 60-900 ms with oneDNN
     and 13-17 ms without, the tiny Higgs codec 70-94 vs 16-28 ms, the full-size 44.1 kHz DAC about the same either way
-    (0.5 s for 1 s of audio). No effect on a GPU."""
-    return torch.backends.mkldnn.flags(enabled=False)
+    (0.5 s for 1 s of audio). No effect on a GPU. (Only this flag: `torch.backends.mkldnn.flags` resets the others.)"""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 @contextmanager
