@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from torch.utils.data import Dataset
 
+from data_pipeline.columns import read_columns
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
@@ -83,12 +83,16 @@ class PreparedDataset(Dataset):
                 "run has whisper.enabled=true: prepare it again with --whisper-pcm yes, or set whisper.enabled=false"
             )
         self.layout = layout
-        self.index = pq.read_table(self.root / INDEX_FILE).to_pydict()
-        self.utterances = pq.read_table(self.root / UTTERANCES_FILE).to_pydict()
-        self._position = {uid: k for k, uid in enumerate(self.utterances["uid"])}
+        # Columns, not Python lists: DataLoader workers share them (data_pipeline/columns.py)
+        self.index = read_columns(self.root / INDEX_FILE)
+        self.utterances = read_columns(self.root / UTTERANCES_FILE)
+        self._uid_order = np.argsort(self.utterances["uid"], kind="stable")
+        self._sorted_uids = self.utterances["uid"][self._uid_order]
         x = self.index
-        self.lengths = layout.token_counts(x["ref_text"], x["text"], x["ref_frames"], x["target_frames"],
-                                           x["ref_samples16k"], x["scene"])  # fmt: skip
+        self.lengths = layout.token_counts(
+            x["ref_text"].tolist(), x["text"].tolist(), x["ref_frames"].tolist(), x["target_frames"].tolist(),
+            x["ref_samples16k"].tolist(), x["scene"].tolist(),
+        )  # fmt: skip
         rejects_path = self.root / REJECTS_FILE
         self.rejects = [
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
@@ -108,20 +112,21 @@ class PreparedDataset(Dataset):
         """Donors, and the token counts an example has without a reference and each donor adds as one (the
         reference's text, codes and Whisper span add to the rest independently)."""
         u, x, layout = self.utterances, self.index, self.layout
-        donors = [k for k in range(len(u["uid"])) if u["has_pcm"][k] or not layout.options.whisper]
+        donors = np.flatnonzero(u["has_pcm"] | (not layout.options.whisper))
+        speakers, texts = u["speaker"].tolist(), u["text"].tolist()
         self.draws = ReferenceDraws(
-            x["speaker"], x["target_uid"], [u["uid"][k] for k in donors], [u["speaker"][k] for k in donors],
-            [u["seconds"][k] for k in donors], self.reference,
+            x["speaker"].tolist(), x["target_uid"], u["uid"][donors], [speakers[k] for k in donors],
+            u["seconds"][donors], self.reference,
         )  # fmt: skip
         n = len(x["text"])
-        self._bare = np.array(layout.token_counts([""] * n, x["text"], [0] * n, x["target_frames"], [0] * n,
-                                                  x["scene"]), dtype=np.int64)  # fmt: skip
+        self._bare = np.array(layout.token_counts([""] * n, x["text"].tolist(), [0] * n, x["target_frames"].tolist(),
+                                                  [0] * n, x["scene"].tolist()), dtype=np.int64)  # fmt: skip
         self._own_part = np.array(self.lengths, dtype=np.int64) - self._bare
         empty = layout.token_count("", "", 0, 0, 0, None)
-        parts = layout.token_counts([u["text"][k] for k in donors], [""] * len(donors),
-                                    [u["frames"][k] for k in donors], [0] * len(donors),
-                                    [u["samples16k"][k] for k in donors], [None] * len(donors))  # fmt: skip
-        self._part = {u["uid"][k]: count - empty for k, count in zip(donors, parts, strict=True)}
+        none = [0] * len(donors)
+        parts = layout.token_counts([texts[k] for k in donors], [""] * len(donors), u["frames"][donors].tolist(), none,
+                                    u["samples16k"][donors].tolist(), [None] * len(donors))  # fmt: skip
+        self._part = dict(zip(u["uid"][donors].tolist(), (c - empty for c in parts), strict=True))
         # Upper bounds for the sampler's fit check: per speaker, not per example's candidate list (O(N), not N x S).
         self.lengths = (self._bare + np.maximum(self._own_part, self.draws.speaker_max(self._part))).tolist()
 
@@ -136,9 +141,16 @@ class PreparedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def _position(self, uid: int) -> int:
+        """The row of utterance `uid` in utterances.parquet; KeyError if the set has no such utterance."""
+        at = int(np.searchsorted(self._sorted_uids, uid))
+        if at == len(self._sorted_uids) or self._sorted_uids[at] != uid:
+            raise KeyError(f"utterance {uid} is not in {self.root / UTTERANCES_FILE}")
+        return int(self._uid_order[at])
+
     def _utterance(self, uid: int) -> StoredUtterance:
-        k = self._position[uid]
-        shard, row = self.utterances["shard"][k], self.utterances["row"][k]
+        k = self._position(uid)
+        shard, row = int(self.utterances["shard"][k]), int(self.utterances["row"][k])
         if shard not in self._shards:
             if len(self._shards) >= OPEN_SHARDS:  # least recently opened first
                 self._shards.pop(next(iter(self._shards)))
@@ -148,35 +160,35 @@ class PreparedDataset(Dataset):
     def row(self, i: int) -> EncodedRow:
         """Example i with its prepared reference (raises if it cannot be read)."""
         x = self.index
-        ref, target = self._utterance(x["ref_uid"][i]), self._utterance(x["target_uid"][i])
+        ref, target = self._utterance(int(x["ref_uid"][i])), self._utterance(int(x["target_uid"][i]))
         return EncodedRow(
-            id=x["id"][i], line=x["line"][i], ref_text=x["ref_text"][i], text=x["text"][i], ref_codes=ref.codes,
-            target_codes=target.codes, ref_pcm16k=ref.pcm16k, ref_seconds=x["ref_seconds"][i],
-            target_seconds=x["target_seconds"][i], speaker=x["speaker"][i], scene=x["scene"][i],
+            id=x["id"][i], line=int(x["line"][i]), ref_text=x["ref_text"][i], text=x["text"][i], ref_codes=ref.codes,
+            target_codes=target.codes, ref_pcm16k=ref.pcm16k, ref_seconds=float(x["ref_seconds"][i]),
+            target_seconds=float(x["target_seconds"][i]), speaker=x["speaker"][i], scene=x["scene"][i],
         )  # fmt: skip
 
     def row_sizes(self, i: int) -> RowSizes:
         x = self.index
-        return RowSizes(x["id"][i], x["ref_text"][i], x["text"][i], x["ref_frames"][i], x["target_frames"][i],
-                        x["ref_samples16k"][i], x["scene"][i])  # fmt: skip
+        return RowSizes(x["id"][i], x["ref_text"][i], x["text"][i], int(x["ref_frames"][i]),
+                        int(x["target_frames"][i]), int(x["ref_samples16k"][i]), x["scene"][i])  # fmt: skip
 
     @property
     def speakers(self) -> list[str | None]:
         """Each example's `speaker` (None where the manifest row had none)."""
-        return self.index["speaker"]
+        return self.index["speaker"].tolist()
 
     def reference_uid(self, i: int, epoch: int) -> int:
         """The uid of the utterance example i is cloned from in `epoch`."""
         drawn = KEEP_PREPARED if self.draws is None else int(self.draws.epoch(epoch)[i])
-        return self.index["ref_uid"][i] if drawn == KEEP_PREPARED else drawn
+        return int(self.index["ref_uid"][i]) if drawn == KEEP_PREPARED else drawn
 
     def __getitem__(self, key: int | tuple[int, int]) -> VoiceCloningExample | BadSample:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         x = self.index
         try:
             uid = self.reference_uid(i, epoch)
-            ref_text = x["ref_text"][i] if uid == x["ref_uid"][i] else self.utterances["text"][self._position[uid]]
-            ref, target = self._utterance(uid), self._utterance(x["target_uid"][i])
+            ref_text = x["ref_text"][i] if uid == x["ref_uid"][i] else self.utterances["text"][self._position(uid)]
+            ref, target = self._utterance(uid), self._utterance(int(x["target_uid"][i]))
             return self.layout.build(x["id"][i], ref_text, ref.codes, x["text"][i], target.codes,
                                      ref_wave_16k=ref.pcm16k, scene=x["scene"][i])  # fmt: skip
         except Exception as err:  # noqa: BLE001 - one bad row must never kill a run; it is counted instead

@@ -152,7 +152,8 @@ def test_prepared_dataset_lengths_and_examples(manifest_with_bad_rows, assets, c
         ex = ds[i]
         assert ex.num_tokens == ds.lengths[i] and ex.sample_id == ds.index["id"][i]
         assert ex.whisper_chunks[0].abs().max() > 0
-    ds.utterances["row"][ds.utterances["uid"].index(ds.index["target_uid"][3])] = 10**6  # a row the shard lacks
+    target = int(np.flatnonzero(ds.utterances["uid"] == ds.index["target_uid"][3])[0])
+    ds.utterances["row"][target] = 10**6  # a row the shard lacks
     assert isinstance(ds[3], BadSample) and "IndexError" in ds[3].reason
 
 
