@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
+import random
 import socket
 import subprocess
 from collections.abc import Callable
@@ -14,6 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.layout import LayoutBuilder, LayoutOptions
+from data_pipeline.prepare import write_set_indexes
+from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.shards import DATASET_FILE
 from data_pipeline.types import AudioGeometry
 from ds_train.build import build_model
 from ds_train.config import RunConfig, load_run_config
@@ -172,3 +178,56 @@ def tiny_asr_model(path: Path) -> Path:
     model.save_pretrained(str(path))
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(str(path))
     return path
+
+
+INDEX_WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett"]
+
+
+def index_only_set(root: Path, n: int) -> Path:
+    """A prepared set's indexes for n examples of n utterances (no shards: only the indexes are read here)."""
+    root.mkdir(parents=True)
+    rng = random.Random(0)
+    utterances = [
+        {"uid": 3 * u + 7, "path": f"/corpus/u{u}.wav", "text": " ".join(rng.choices(INDEX_WORDS, k=12)),
+         "speaker": f"s{u // 10}", "language": "en", "shard": u // 1000, "row": u % 1000, "frames": 100,
+         "seconds": 4.0, "samples16k": 64000, "has_pcm": False}
+        for u in range(n)
+    ]  # fmt: skip
+    examples = [
+        {"id": f"row-{i:08d}", "line": i + 1, "speaker": f"s{i // 10}", "language": "en", "scene": None,
+         "ref_text": utterances[(i + 1) % n]["text"], "text": utterances[i]["text"],
+         "ref_uid": utterances[(i + 1) % n]["uid"], "target_uid": utterances[i]["uid"], "ref_frames": 100,
+         "target_frames": 100, "ref_samples16k": 64000, "ref_seconds": 4.0, "target_seconds": 4.0}
+        for i in range(n)
+    ]  # fmt: skip
+    write_set_indexes(root, examples, utterances, [])
+    meta = {"format": 2, "num_codebooks": 4, "codebook_size": 256, "codec": "dac", "codec_path": "",
+            "reference_pcm": "none"}  # fmt: skip
+    (root / DATASET_FILE).write_text(json.dumps(meta))
+    return root
+
+
+def _private_dirty_kb() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1])
+    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
+
+
+def _read_every_example(dataset: PreparedDataset, results) -> None:
+    before = _private_dirty_kb()
+    for i in range(len(dataset)):  # the index reads of building example i (its shards are not there to read)
+        dataset.row_sizes(i)
+        dataset._position(dataset.reference_uid(i, 0))
+    results.put((_private_dirty_kb() - before) / 1024)
+
+
+def growth_of_a_forked_reader(dataset: PreparedDataset) -> float:
+    """MB of private memory a forked child gains while reading every example's index fields."""
+    context = multiprocessing.get_context("fork")  # how DataLoader workers start on Linux
+    results = context.Queue()
+    child = context.Process(target=_read_every_example, args=(dataset, results))
+    child.start()
+    grown = results.get(timeout=120)
+    child.join()
+    return grown
