@@ -183,11 +183,19 @@ class LayoutBuilder:
         call is ~10x cheaper per text than one call each), everything else is the same arithmetic. Each text piece is
         tokenized on its own, so a count is the count with empty texts plus what the texts add."""
 
+        # A fast tokenizer's Rust core counts without transformers' per-text conversion to Python dicts (which was
+        # 40 % of the time); the same ids, so the same counts.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+
         def lengths(pieces: list[str]) -> list[int]:
             out: list[int] = []
             for start in range(0, len(pieces), chunk):
-                encoded = self.tokenizer(pieces[start : start + chunk], add_special_tokens=False)["input_ids"]
-                out += [len(ids) for ids in encoded]
+                if backend is not None:
+                    out += [len(e.ids) for e in backend.encode_batch(pieces[start : start + chunk],
+                                                                     add_special_tokens=False)]  # fmt: skip
+                else:
+                    encoded = self.tokenizer(pieces[start : start + chunk], add_special_tokens=False)["input_ids"]
+                    out += [len(ids) for ids in encoded]
             return out
 
         ref_lengths, text_lengths = lengths(["\n\n" + t for t in ref_texts]), lengths(["\n\n" + t for t in texts])

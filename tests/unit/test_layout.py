@@ -193,6 +193,21 @@ def test_whisper_token_count_keeps_one_position_for_a_tiny_tail_chunk() -> None:
         assert _original_audio_in_count(n) == 0 and whisper_token_count(n) == 1
 
 
+class _WithoutBackend:
+    """The real tokenizer seen through its public calls only, as a slow (Python) tokenizer offers them."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name == "backend_tokenizer":
+            raise AttributeError(name)
+        return getattr(self._tokenizer, name)
+
+
 @pytest.mark.parametrize("whisper", [True, False])
 def test_batched_token_counts_equal_one_at_a_time_and_the_built_examples(whisper: bool) -> None:
     builder = LayoutBuilder(build_tiny_tokenizer(), GEO, LayoutOptions(whisper=whisper))
@@ -204,6 +219,9 @@ def test_batched_token_counts_equal_one_at_a_time_and_the_built_examples(whisper
     ]
     counts = builder.token_counts(*(list(column) for column in zip(*rows, strict=True)), chunk=3)
     assert counts == [builder.token_count(*row) for row in rows]
+    # a tokenizer without a Rust core to call directly (a slow one) counts through its own __call__
+    slow = LayoutBuilder(_WithoutBackend(builder.tokenizer), GEO, LayoutOptions(whisper=whisper))
+    assert slow.token_counts(*(list(column) for column in zip(*rows, strict=True)), chunk=3) == counts
     for (ref_text, text, rf, tf, rs, scene), count in zip(rows, counts, strict=True):
         codes = lambda n: torch.randint(0, GEO.codec_codebook_size, (GEO.num_codebooks, n))  # noqa: E731
         wave = torch.randn(rs) * 0.1 if whisper else None
