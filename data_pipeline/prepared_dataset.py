@@ -123,8 +123,8 @@ class PreparedDataset(Dataset):
                                                   [0] * n, x["scene"].tolist()), dtype=np.int64)  # fmt: skip
         self._own_part = np.array(self.lengths, dtype=np.int64) - self._bare
         empty = layout.token_count("", "", 0, 0, 0, None)
-        none = [0] * len(donors)
-        parts = layout.token_counts([texts[k] for k in donors], [""] * len(donors), u["frames"][donors].tolist(), none,
+        zeros = [0] * len(donors)
+        parts = layout.token_counts([texts[k] for k in donors], [""] * len(donors), u["frames"][donors].tolist(), zeros,
                                     u["samples16k"][donors].tolist(), [None] * len(donors))  # fmt: skip
         self._part = dict(zip(u["uid"][donors].tolist(), (c - empty for c in parts), strict=True))
         # Upper bounds for the sampler's fit check: per speaker, not per example's candidate list (O(N), not N x S).

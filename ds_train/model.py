@@ -232,7 +232,7 @@ class VoiceCloningModel(nn.Module):
             positions = torch.arange(embeds.shape[1], device=embeds.device)
             return embeds[positions[None, :] < token_counts.to(embeds.device)[:, None]]
         counts = token_counts.tolist()
-        keys = [(digest, count) for digest, count in zip(feature_digests(features), counts, strict=True)]
+        keys = list(zip(feature_digests(features), counts, strict=True))
         missing = [n for n, key in enumerate(keys) if key not in memo]
         fresh = {}
         if missing:
