@@ -27,6 +27,10 @@ class TextColumn:
     def __getitem__(self, i: int) -> str | None:
         return self.array[int(i)].as_py()
 
+    def take(self, indices: np.ndarray) -> list[str | None]:
+        """The values at `indices` (int64 [K]) as Python objects, gathered in Arrow: for one-time passes."""
+        return self.array.take(indices).to_pylist()
+
     def tolist(self) -> list[str | None]:
         """Every value as Python objects: for one-time passes (start-up token counts), not to keep."""
         return self.array.to_pylist()

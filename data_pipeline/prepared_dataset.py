@@ -15,6 +15,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from data_pipeline.columns import read_columns
+from data_pipeline.count_cache import cached_counts
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
@@ -88,11 +89,7 @@ class PreparedDataset(Dataset):
         self.utterances = read_columns(self.root / UTTERANCES_FILE)
         self._uid_order = np.argsort(self.utterances["uid"], kind="stable")
         self._sorted_uids = self.utterances["uid"][self._uid_order]
-        x = self.index
-        self.lengths = layout.token_counts(
-            x["ref_text"].tolist(), x["text"].tolist(), x["ref_frames"].tolist(), x["target_frames"].tolist(),
-            x["ref_samples16k"].tolist(), x["scene"].tolist(),
-        )  # fmt: skip
+        self.lengths = self._counts("examples", [INDEX_FILE], len(self.index["id"]), self._example_counts).tolist()
         rejects_path = self.root / REJECTS_FILE
         self.rejects = [
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
@@ -113,22 +110,44 @@ class PreparedDataset(Dataset):
         reference's text, codes and Whisper span add to the rest independently)."""
         u, x, layout = self.utterances, self.index, self.layout
         donors = np.flatnonzero(u["has_pcm"] | (not layout.options.whisper))
-        speakers, texts = u["speaker"].tolist(), u["text"].tolist()
+        speakers = u["speaker"].tolist()
         self.draws = ReferenceDraws(
             x["speaker"].tolist(), x["target_uid"], u["uid"][donors], [speakers[k] for k in donors],
             u["seconds"][donors], self.reference,
         )  # fmt: skip
-        n = len(x["text"])
-        self._bare = np.array(layout.token_counts([""] * n, x["text"].tolist(), [0] * n, x["target_frames"].tolist(),
-                                                  [0] * n, x["scene"].tolist()), dtype=np.int64)  # fmt: skip
+        self._bare = self._counts("without-reference", [INDEX_FILE], len(x["id"]), self._bare_counts)
         self._own_part = np.array(self.lengths, dtype=np.int64) - self._bare
-        empty = layout.token_count("", "", 0, 0, 0, None)
-        zeros = [0] * len(donors)
-        parts = layout.token_counts([texts[k] for k in donors], [""] * len(donors), u["frames"][donors].tolist(), zeros,
-                                    u["samples16k"][donors].tolist(), [None] * len(donors))  # fmt: skip
-        self._part = dict(zip(u["uid"][donors].tolist(), (c - empty for c in parts), strict=True))
+        parts = self._counts("reference-parts", [UTTERANCES_FILE], len(u["uid"]), self._reference_parts)
+        self._part = dict(zip(u["uid"][donors].tolist(), parts[donors].tolist(), strict=True))
         # Upper bounds for the sampler's fit check: per speaker, not per example's candidate list (O(N), not N x S).
         self.lengths = (self._bare + np.maximum(self._own_part, self.draws.speaker_max(self._part))).tolist()
+
+    def _counts(self, name: str, files: list[str], size: int, count) -> np.ndarray:
+        return cached_counts(self.root, name, [self.root / f for f in files], self.layout, size, count)
+
+    def _example_counts(self, indices: np.ndarray) -> list[int]:
+        """Token counts of examples `indices` with their prepared references."""
+        x = self.index
+        return self.layout.token_counts(
+            x["ref_text"].take(indices), x["text"].take(indices), x["ref_frames"][indices].tolist(),
+            x["target_frames"][indices].tolist(), x["ref_samples16k"][indices].tolist(), x["scene"].take(indices),
+        )  # fmt: skip
+
+    def _bare_counts(self, indices: np.ndarray) -> list[int]:
+        """Token counts of examples `indices` without a reference (no text, codes or Whisper span)."""
+        x, zeros = self.index, [0] * len(indices)
+        return self.layout.token_counts(
+            [""] * len(indices), x["text"].take(indices), zeros, x["target_frames"][indices].tolist(), zeros,
+            x["scene"].take(indices),
+        )  # fmt: skip
+
+    def _reference_parts(self, indices: np.ndarray) -> list[int]:
+        """Tokens utterances `indices` add to an example as its reference (text, codes, Whisper span)."""
+        u, zeros, nones = self.utterances, [0] * len(indices), [None] * len(indices)
+        empty = self.layout.token_count("", "", 0, 0, 0, None)
+        counts = self.layout.token_counts(u["text"].take(indices), [""] * len(indices), u["frames"][indices].tolist(),
+                                          zeros, u["samples16k"][indices].tolist(), nones)  # fmt: skip
+        return [c - empty for c in counts]
 
     def epoch_lengths(self, epoch: int) -> list[int]:
         """Each example's token count with the reference drawn for `epoch` (what token-budget batching packs)."""
