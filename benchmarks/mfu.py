@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._progress import mark  # noqa: E402
 from data_pipeline.collator import VoiceCloningCollator  # noqa: E402
 from data_pipeline.layout import LayoutBuilder, LayoutOptions  # noqa: E402
 from data_pipeline.text_tokens import build_tiny_tokenizer  # noqa: E402
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--whisper", action="store_true", help="include the Whisper tower (large-v3 size)")
     parser.add_argument("--zero3-offload", action="store_true", help="3b preset, ZeRO-3 + CPU offload, peak memory")
     args = parser.parse_args()
+    mark("imports done")
     gpu = torch.cuda.is_available()
     if args.zero3_offload:
         args.preset, args.ds, args.steps = "3b", "zero3_offload_bf16.json", min(args.steps, 5)
@@ -63,6 +65,7 @@ def main() -> None:
         print("no GPU here: running the tiny preset on CPU for a smoke test; MFU is only reported on a GPU")
         args.preset, args.micro_batch, args.tokens, args.steps, args.ds = "tiny", 2, 512, 3, "zero2_fp32.json"
     rank, local_rank, world = init_distributed()
+    mark(f"distributed set up ({world} rank(s)); building the {args.preset} model on the CPU")
     torch.manual_seed(0)
     geo = AudioGeometry(8, 1024)
     tok = build_tiny_tokenizer()
@@ -71,12 +74,14 @@ def main() -> None:
     cfg.whisper.enabled = args.whisper
     cfg.whisper.preset = "large-v3" if gpu else "tiny"
     model = build_model(cfg, tok, geo)
+    mark(f"model built; deepspeed.initialize with {args.ds} (an offload config builds CPU Adam on first use)")
     ds = json.loads((REPO / "ds_configs" / args.ds).read_text())
     ds.update(train_micro_batch_size_per_gpu=args.micro_batch, gradient_accumulation_steps=1, gradient_clipping=1.0,
               train_batch_size=args.micro_batch * world)  # fmt: skip
     ds["optimizer"]["params"].update(lr=1e-4, weight_decay=0.0)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=ds)  # fmt: skip
+    mark("engine ready")
     layout = LayoutBuilder(tok, geo, LayoutOptions(whisper=args.whisper))
     batch = synthetic_batch(layout, geo, args.micro_batch, args.tokens)
     device = engine.device
@@ -94,6 +99,7 @@ def main() -> None:
             torch.cuda.synchronize()
         if step >= 3:
             times.append(time.perf_counter() - start)
+        mark(f"step {step + 1} of {args.steps + 3} (3 warm-up): {time.perf_counter() - start:.2f} s")
     step_time = statistics.median(times)
     flops = llm_flops_per_token(engine.module, batch["input_ids"].shape[1]) * tokens
     n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters()) / 1e9

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
+from benchmarks._progress import mark  # noqa: E402
 from ds_train import presets  # noqa: E402
 from ds_train.batch_stream import BatchStream  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
@@ -38,7 +39,9 @@ def main() -> None:
     parser.add_argument("--ds", default="zero2_fp32.json")
     parser.add_argument("--micro-batch", type=int, default=8)
     args = parser.parse_args()
+    mark("imports done")
     manifest, codec_file, out = bench_corpus()
+    mark(f"corpus ready; building the trainer (preset {args.preset}, {args.ds})")
     cfg = load_run_config(REPO / "ds_configs" / "demo.yaml", [
         f"data.manifest={manifest}", f"data.codec_path={codec_file}", f"train.output_dir={out}",
         f"train.deepspeed_config={REPO / 'ds_configs' / args.ds}", f"model.preset={args.preset}",
@@ -46,6 +49,7 @@ def main() -> None:
         f"train.max_steps={10 * args.steps}", "monitor.decode_every=0",
     ])  # fmt: skip
     trainer = Trainer(cfg)
+    mark("trainer built (model, data, DeepSpeed engine)")
     data, sampler = trainer.data, trainer.batches.sampler
     batches = [data.collator([data.dataset[i] for i in idx]) for idx in itertools.islice(sampler, 8)]
     cycle = itertools.cycle(batches)
@@ -63,13 +67,16 @@ def main() -> None:
 
     ours, bare = [], []
     for step in range(args.steps + 3):
+        took = []
         for fn, times in ((trainer.train_step, ours), (bare_step, bare)):
             start = time.perf_counter()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
+            took.append(time.perf_counter() - start)
             if step >= 3:  # warm-up
-                times.append(time.perf_counter() - start)
+                times.append(took[-1])
+        mark(f"step {step + 1} of {args.steps + 3} (3 warm-up): ds_train {took[0]:.2f} s, bare {took[1]:.2f} s")
     m_ours, m_bare = statistics.median(ours), statistics.median(bare)
     params = sum(p.numel() for p in engine.module.parameters()) / 1e6
     print(f"preset {args.preset} ({params:.1f}M params), {args.ds}, micro-batch {args.micro_batch}, "
