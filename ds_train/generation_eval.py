@@ -12,12 +12,14 @@ target from its prompt in one batch (greedy, up to the target's length x `LENGTH
   real target (the ceiling).
 - with an ASR model (`monitor.asr_model`, a local Whisper directory): `gen_wer`, the word (CJK: character) error rate
   of its transcript against the text, next to `gen_wer_target`, the same for the real target (the floor).
+- `gen_time_s`: seconds the subset took to load, generate, decode and measure.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +106,7 @@ class GenerationEvaluator:
         do not report pass `measure=False` and get {}."""
         was_training = model.training
         self.last_codes = self.last_wave = None
+        started = time.perf_counter()
         try:
             loaded = [item for item in map(self._load, self.indices) if item is not None]
             if not loaded:
@@ -126,7 +129,10 @@ class GenerationEvaluator:
             except Exception as err:  # noqa: BLE001
                 log.warning("measuring generated eval example %d failed and it was left out: %s: %s", index,
                             type(err).__name__, err)  # fmt: skip
-        return summarize(results)
+        values = summarize(results)
+        if values:
+            values["eval/gen_time_s"] = time.perf_counter() - started
+        return values
 
     def _load(self, index: int) -> tuple[int, str, Prompt, torch.Tensor, torch.Tensor] | None:
         """-> (index, sample id, prompt, target codes [C, T], reference codes [C, T']), or None (logged)."""
