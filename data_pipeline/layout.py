@@ -80,6 +80,15 @@ class LayoutBuilder:
         # The template's fixed pieces (headers, system prompt, "\n\n") are tokenized for every example: keep them.
         self._fixed_text = lru_cache(maxsize=64)(self._tokenize)
 
+    def __getstate__(self) -> dict:
+        """Without the cache of fixed pieces (a bound lru_cache does not pickle): DataLoader workers started by spawn
+        (the default on macOS) receive the dataset, and with it this builder, pickled."""
+        return {k: v for k, v in self.__dict__.items() if k != "_fixed_text"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fixed_text = lru_cache(maxsize=64)(self._tokenize)
+
     def _tokenize(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -16,12 +16,14 @@ import soundfile as sf
 import torch
 
 import data_pipeline.encode_rows as encode_rows_module
+from data_pipeline.collator import VoiceCloningCollator
 from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.encode_rows import encode_rows
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import read_manifest
 from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
 from data_pipeline.prepared_dataset import PreparedDataset
+from data_pipeline.reference_choice import ReferencePolicy
 from data_pipeline.samplers import TokenBudgetBatchSampler
 from data_pipeline.text_tokens import build_tiny_tokenizer
 from data_pipeline.types import AudioGeometry, BadSample
@@ -155,6 +157,22 @@ def test_prepared_dataset_lengths_and_examples(manifest_with_bad_rows, assets, c
     target = int(np.flatnonzero(ds.utterances["uid"] == ds.index["target_uid"][3])[0])
     ds.utterances["row"][target] = 10**6  # a row the shard lacks
     assert isinstance(ds[3], BadSample) and "IndexError" in ds[3].reason
+
+
+def test_dataloader_workers_started_by_spawn_load_the_same_batches(prepared_corpus: Path, codec) -> None:
+    """Workers started by spawn (the default on macOS) receive the dataset pickled: its columns, layout and collator
+    must survive that and give the batches the main process makes."""
+    geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
+    layout = LayoutBuilder(build_tiny_tokenizer(), geometry)
+    dataset = PreparedDataset(prepared_corpus, layout, ReferencePolicy("same_speaker", 1.0, 30.0, seed=0))
+    collator = VoiceCloningCollator(layout.ids.pad, geometry)
+    keys = [[(i, 1) for i in range(k, k + 4)] for k in (0, 4)]  # (index, epoch): references drawn for epoch 1
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=collator, num_workers=1,
+                                         multiprocessing_context="spawn")  # fmt: skip
+    for spawned, key in zip(loader, keys, strict=True):
+        here = collator([dataset[k] for k in key])
+        for name in ("input_ids", "audio_input_ids", "whisper_input_features"):
+            assert torch.equal(spawned[name], here[name]), name
 
 
 def test_shard_rows_are_read_one_row_group_at_a_time(manifest_with_bad_rows, assets, tmp_path: Path) -> None:
