@@ -241,9 +241,11 @@ def test_fit_shuts_its_dataloader_workers_down_before_returning(assets, tmp_path
     rank prints "DataLoader worker ... is killed by signal" after its save; fit must end them itself."""
     trainer = Trainer(make_config(assets, tmp_path, "train.max_steps=2", "data.num_workers=2"))
     workers: set[int] = set()
+    # children from before (e.g. the resource tracker an earlier test's spawn context started) are not this fit's
+    before = {child.pid for child in psutil.Process().children()}
 
     def record_workers(index: int, batch: dict) -> dict:
-        workers.update(child.pid for child in psutil.Process().children())
+        workers.update(child.pid for child in psutil.Process().children() if child.pid not in before)
         return batch
 
     inject(trainer, record_workers)
