@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ CHECKED = 64  # examples counted afresh when counts are loaded
 FILE_DIGEST_BLOCK = 1 << 22
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """A digest of a file's bytes (what saved counts of its rows depend on)."""
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while block := f.read(FILE_DIGEST_BLOCK):
@@ -50,14 +51,13 @@ def layout_digest(layout: LayoutBuilder) -> str:
 
 
 def cached_counts(
-    folder: Path, name: str, sources: list[Path], layout: LayoutBuilder, size: int,
-    count: Callable[[np.ndarray], list[int]],
-) -> np.ndarray:  # fmt: skip
+    folder: Path, name: str, depends_on: Sequence[str], size: int, count: Callable[[np.ndarray], list[int]]
+) -> np.ndarray:
     """[size] int64 token counts: `count(indices)` gives the counts of the examples `indices` (int64 [K]); loaded from
-    `folder` when saved there for the same `sources` (the files the counts come from) and layout, else counted and
-    saved (atomically: ranks that count at once write the same numbers)."""
+    `folder` when saved there under the same `depends_on` (digests: `layout_digest`, `file_digest` of the files the
+    counts come from), else counted and saved (atomically: ranks that count at once write the same numbers)."""
     key = hashlib.blake2b(digest_size=12)
-    for part in (name, layout_digest(layout), *(_file_digest(p) for p in sources)):
+    for part in (name, *depends_on):
         key.update(part.encode())
     path = folder / f"counts-{name}-{key.hexdigest()}.npy"
     saved = _load(path, size)

@@ -9,13 +9,14 @@ the collator drops it and the trainer counts it, stopping only past `data.max_ba
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from data_pipeline.columns import read_columns
-from data_pipeline.count_cache import cached_counts
+from data_pipeline.count_cache import cached_counts, file_digest, layout_digest
 from data_pipeline.errors import InputError
 from data_pipeline.layout import LayoutBuilder
 from data_pipeline.manifest import Reject
@@ -89,7 +90,8 @@ class PreparedDataset(Dataset):
         self.utterances = read_columns(self.root / UTTERANCES_FILE)
         self._uid_order = np.argsort(self.utterances["uid"], kind="stable")
         self._sorted_uids = self.utterances["uid"][self._uid_order]
-        self.lengths = self._counts("examples", [INDEX_FILE], len(self.index["id"]), self._example_counts).tolist()
+        self._digests: dict[str, str] = {}  # what saved token counts depend on, each hashed once
+        self.lengths = self._counts("examples", INDEX_FILE, len(self.index["id"]), self._example_counts).tolist()
         rejects_path = self.root / REJECTS_FILE
         self.rejects = [
             Reject(**json.loads(line)) for line in rejects_path.read_text().splitlines() if line
@@ -115,29 +117,33 @@ class PreparedDataset(Dataset):
             x["speaker"].tolist(), x["target_uid"], u["uid"][donors], [speakers[k] for k in donors],
             u["seconds"][donors], self.reference,
         )  # fmt: skip
-        self._bare = self._counts("without-reference", [INDEX_FILE], len(x["id"]), self._bare_counts)
+        bare = partial(self._example_counts, with_reference=False)
+        self._bare = self._counts("without-reference", INDEX_FILE, len(x["id"]), bare)
         self._own_part = np.array(self.lengths, dtype=np.int64) - self._bare
-        parts = self._counts("reference-parts", [UTTERANCES_FILE], len(u["uid"]), self._reference_parts)
+        parts = self._counts("reference-parts", UTTERANCES_FILE, len(u["uid"]), self._reference_parts)
         self._part = dict(zip(u["uid"][donors].tolist(), parts[donors].tolist(), strict=True))
         # Upper bounds for the sampler's fit check: per speaker, not per example's candidate list (O(N), not N x S).
         self.lengths = (self._bare + np.maximum(self._own_part, self.draws.speaker_max(self._part))).tolist()
 
-    def _counts(self, name: str, files: list[str], size: int, count) -> np.ndarray:
-        return cached_counts(self.root, name, [self.root / f for f in files], self.layout, size, count)
+    def _counts(self, name: str, file: str, size: int, count) -> np.ndarray:
+        """Token counts of the rows of `file` that `count` gives, saved beside the set for later starts."""
+        if "layout" not in self._digests:
+            self._digests["layout"] = layout_digest(self.layout)
+        if file not in self._digests:
+            self._digests[file] = file_digest(self.root / file)
+        return cached_counts(self.root, name, [self._digests["layout"], self._digests[file]], size, count)
 
-    def _example_counts(self, indices: np.ndarray) -> list[int]:
-        """Token counts of examples `indices` with their prepared references."""
-        x = self.index
+    def _example_counts(self, indices: np.ndarray, with_reference: bool = True) -> list[int]:
+        """Token counts of examples `indices` with their prepared references, or without any reference (no text,
+        codes or Whisper span)."""
+        x, n = self.index, len(indices)
+        if with_reference:
+            ref_texts, ref_frames = x["ref_text"].take(indices), x["ref_frames"][indices].tolist()
+            ref_samples = x["ref_samples16k"][indices].tolist()
+        else:
+            ref_texts, ref_frames, ref_samples = [""] * n, [0] * n, [0] * n
         return self.layout.token_counts(
-            x["ref_text"].take(indices), x["text"].take(indices), x["ref_frames"][indices].tolist(),
-            x["target_frames"][indices].tolist(), x["ref_samples16k"][indices].tolist(), x["scene"].take(indices),
-        )  # fmt: skip
-
-    def _bare_counts(self, indices: np.ndarray) -> list[int]:
-        """Token counts of examples `indices` without a reference (no text, codes or Whisper span)."""
-        x, zeros = self.index, [0] * len(indices)
-        return self.layout.token_counts(
-            [""] * len(indices), x["text"].take(indices), zeros, x["target_frames"][indices].tolist(), zeros,
+            ref_texts, x["text"].take(indices), ref_frames, x["target_frames"][indices].tolist(), ref_samples,
             x["scene"].take(indices),
         )  # fmt: skip
 
