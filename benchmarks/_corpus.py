@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.codecs import tiny_dac
-from data_pipeline.demo_corpus import make_demo_corpus
+from data_pipeline.demo.corpus import make_demo_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 

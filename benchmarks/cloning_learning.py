@@ -20,10 +20,10 @@ import torch
 
 from benchmarks._corpus import REPO
 from data_pipeline.codecs import tiny_dac
-from data_pipeline.demo_corpus import EVAL_MANIFEST, make_demo_corpus
+from data_pipeline.demo.corpus import EVAL_MANIFEST, make_demo_corpus
+from ds_train.components.distributed import native_bf16
 from ds_train.config import load_run_config
 from ds_train.demo import training_voices_gain
-from ds_train.distributed import native_bf16
 from ds_train.trainer import Trainer
 
 TRAINING_VOICES, HELD_OUT_VOICES = 16, 4

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.codecs import DacCodec, HiggsCodec, tiny_dac, tiny_higgs
-from data_pipeline.encode_rows import encode_by_length
+from data_pipeline.prepare.encode_rows import encode_by_length
 
 
 def _time(fn, repeats: int) -> float:

@@ -14,10 +14,10 @@ import shutil
 import time
 from collections import defaultdict
 
-from ds_train.conditioning import ConditioningGain
 from ds_train.demo import run_demo
-from ds_train.generation_eval import GenerationEvaluator
-from ds_train.sample_logger import SampleLogger
+from ds_train.evaluation.conditioning import ConditioningGain
+from ds_train.evaluation.generation_eval import GenerationEvaluator
+from ds_train.evaluation.sample_logger import SampleLogger
 from ds_train.trainer import Trainer
 
 SECONDS: dict[str, float] = defaultdict(float)

@@ -17,7 +17,7 @@ import time
 
 from benchmarks._corpus import REPO, bench_corpus
 from ds_train.config import load_run_config
-from ds_train.eval_list import evaluate_list
+from ds_train.evaluation.eval_list import evaluate_list
 from ds_train.trainer import Trainer
 
 

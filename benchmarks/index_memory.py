@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.shards import INDEX_FILE
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.prepare.shards import INDEX_FILE
+from data_pipeline.prepare.utterance_store import UTTERANCES_FILE
 from data_pipeline.types import AudioGeometry
-from data_pipeline.utterance_store import UTTERANCES_FILE
 from tests.helpers import growth_of_a_forked_reader, index_only_set
 
 

@@ -31,16 +31,16 @@ from torch.utils.data import DataLoader
 
 from benchmarks._corpus import REPO
 from benchmarks.padding import WORDS
-from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import storage_summary, write_set_indexes
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_choice import ReferencePolicy
-from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.shards import DATASET_FILE
-from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.loading.collator import VoiceCloningCollator
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.loading.reference_choice import ReferencePolicy
+from data_pipeline.loading.samplers import TokenBudgetBatchSampler
+from data_pipeline.prepare.build_set import storage_summary, write_set_indexes
+from data_pipeline.prepare.shards import DATASET_FILE
+from data_pipeline.prepare.utterance_store import EncodedUtterance, utterance_shard_name, write_utterance_shard
 from data_pipeline.types import AudioGeometry
-from data_pipeline.utterance_store import EncodedUtterance, utterance_shard_name, write_utterance_shard
 
 GEOMETRY = AudioGeometry(8, 1024)
 H100_BF16_FLOPS, TARGET_MFU = 989e12, 0.45

@@ -30,13 +30,13 @@ def _peak_bytes() -> float:
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from data_pipeline.collator import VoiceCloningCollator
-    from data_pipeline.layout import LayoutBuilder, LayoutOptions
-    from data_pipeline.text_tokens import build_tiny_tokenizer
+    from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+    from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+    from data_pipeline.loading.collator import VoiceCloningCollator
     from data_pipeline.types import AudioGeometry
-    from ds_train.build import build_model
     from ds_train.config import RunConfig
-    from ds_train.presets import LLM_PRESETS
+    from ds_train.model.build import build_model
+    from ds_train.model.presets import LLM_PRESETS
 
     LLM_PRESETS["bench"] = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,

@@ -22,14 +22,14 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._progress import mark  # noqa: E402
-from data_pipeline.collator import VoiceCloningCollator  # noqa: E402
-from data_pipeline.layout import LayoutBuilder, LayoutOptions  # noqa: E402
-from data_pipeline.text_tokens import build_tiny_tokenizer  # noqa: E402
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions  # noqa: E402
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer  # noqa: E402
+from data_pipeline.loading.collator import VoiceCloningCollator  # noqa: E402
 from data_pipeline.types import AudioGeometry
-from ds_train.build import build_model  # noqa: E402
+from ds_train.components.distributed import init_distributed  # noqa: E402
 from ds_train.config import RunConfig  # noqa: E402
-from ds_train.distributed import init_distributed  # noqa: E402
-from ds_train.flops import llm_flops_per_token, peak_flops  # noqa: E402
+from ds_train.model.build import build_model  # noqa: E402
+from ds_train.model.flops import llm_flops_per_token, peak_flops  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,9 @@ import random
 
 import numpy as np
 
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.samplers import TokenBudgetBatchSampler
 from data_pipeline.types import AudioGeometry
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven calm voices read clear sentences aloud".split()

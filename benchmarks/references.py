@@ -13,12 +13,12 @@ import shutil
 import statistics
 
 from benchmarks._corpus import bench_corpus
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import PrepareConfig, prepare
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_choice import ReferencePolicy
-from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.loading.reference_choice import ReferencePolicy
+from data_pipeline.loading.samplers import TokenBudgetBatchSampler
+from data_pipeline.prepare.build_set import PrepareConfig, prepare
 from data_pipeline.types import AudioGeometry
 
 

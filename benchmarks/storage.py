@@ -18,12 +18,12 @@ import torch
 
 from benchmarks._corpus import REPO
 from data_pipeline.codecs import load_codec, tiny_higgs
-from data_pipeline.demo_corpus import make_demo_corpus
-from data_pipeline.encode_rows import encode_rows
-from data_pipeline.manifest import read_manifest
-from data_pipeline.prepare import PrepareConfig, prepare
-from data_pipeline.shards import ROW_GROUP_ROWS, SHARD_SCHEMA, shard_index, write_shard
-from data_pipeline.validation import Limits
+from data_pipeline.demo.corpus import make_demo_corpus
+from data_pipeline.ingest.manifest import read_manifest
+from data_pipeline.ingest.validation import Limits
+from data_pipeline.prepare.build_set import PrepareConfig, prepare
+from data_pipeline.prepare.encode_rows import encode_rows
+from data_pipeline.prepare.shards import ROW_GROUP_ROWS, SHARD_SCHEMA, shard_index, write_shard
 
 
 def first_format_bytes(rows, out, pcm: str) -> int:

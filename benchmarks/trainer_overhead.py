@@ -21,9 +21,9 @@ import torch  # noqa: E402
 
 from benchmarks._corpus import REPO, bench_corpus  # noqa: E402
 from benchmarks._progress import mark  # noqa: E402
-from ds_train import presets  # noqa: E402
-from ds_train.batch_stream import BatchStream  # noqa: E402
+from ds_train.components.batch_stream import BatchStream  # noqa: E402
 from ds_train.config import load_run_config  # noqa: E402
+from ds_train.model import presets  # noqa: E402
 from ds_train.trainer import Trainer  # noqa: E402
 
 # A mid-size LLM for CPU: big enough that the step is compute-bound, small enough to run here.

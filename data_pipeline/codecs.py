@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from data_pipeline.audio import resample
 from data_pipeline.errors import InputError
+from data_pipeline.ingest.audio import resample
 
 if TYPE_CHECKING:
     from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel

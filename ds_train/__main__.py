@@ -123,14 +123,14 @@ def _main(argv: list[str]) -> int:
         print(f"exported to {export(args.checkpoint, args.out, args.tag)}")
         return 0
     if args.command == "generate":
-        from ds_train.generate import clone_voice
+        from ds_train.inference.generate import clone_voice
 
         out = clone_voice(args.checkpoint, args.ref_audio, args.ref_text, args.text, args.out, args.tag,
                           args.max_seconds, args.temperature, args.top_k, args.seed)  # fmt: skip
         print(f"wrote {out}")
         return 0
     if args.command == "evaluate":
-        from ds_train.eval_list import evaluate_list
+        from ds_train.evaluation.eval_list import evaluate_list
 
         summary = evaluate_list(args.checkpoint, args.list, args.out, args.tag, args.max_seconds, args.speaker_model,
                                 args.asr_model, args.language, args.batch_size)  # fmt: skip
@@ -160,7 +160,7 @@ def _print_where(result) -> None:
     if os.environ.get("RANK", "0") != "0":
         return
     print(f"\nTensorBoard logs: {result.tensorboard_dir}")
-    from ds_train.checkpoint import BEST_FILE, pointed_tag
+    from ds_train.components.checkpoint import BEST_FILE, pointed_tag
 
     best_tag = pointed_tag(result.checkpoint_dir, BEST_FILE) if result.eval_losses else None
     best = f", best eval loss: {best_tag}" if best_tag else ""

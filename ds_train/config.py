@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ds_train.health import HealthCheck
+from ds_train.monitor.health import HealthCheck
 
 
 class ConfigError(ValueError):
@@ -125,7 +125,8 @@ class DataSection(_Section):
     max_bad_fraction: float = 0.01  # stop when more than this fraction of rows failed to load (after 100 rows)
     # Which reference each training example is cloned from: "fixed" (the manifest's pairing) or "same_speaker"
     # (per epoch, another stored utterance of its speaker lasting [reference_min_seconds, reference_max_seconds];
-    # needs data.prepared and a `speaker` per row; data_pipeline/reference_choice.py). Evaluation always uses "fixed".
+    # needs data.prepared and a `speaker` per row; data_pipeline/loading/reference_choice.py). Evaluation always uses
+    # "fixed".
     reference: Literal["fixed", "same_speaker"] = "fixed"
     reference_min_seconds: float = 1.0
     reference_max_seconds: float = 30.0
@@ -193,7 +194,7 @@ class MonitorSection(_Section):
     """Health checks run every step; each is "warn" or "halt" (stop after `halt_after` consecutive failing steps)."""
 
     halt_after: int = 3
-    # One policy per `HealthCheck` (ds_train/health.py), named on_<check>.
+    # One policy per `HealthCheck` (ds_train/monitor/health.py), named on_<check>.
     # Checks on each collated micro-batch, before the model sees it; failing samples are dropped either way.
     on_whisper_features: Policy = "halt"  # Whisper on: a sample's reference features missing or silent, or unplaced
     on_reference_codes: Policy = "halt"  # a sample's prompt carries no reference codec codes before its target
@@ -214,14 +215,14 @@ class MonitorSection(_Section):
     decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
     # Each evaluation, rank 0 also generates (free-running, greedy) `generate_samples` eval examples (the first ones,
     # the same each time), each up to twice its real length and at most `generate_seconds`; it reports eval/gen_*
-    # (stop rate, duration ratio, silence; ds_train/generation_eval.py) and logs the first as TensorBoard audio.
-    # Under ZeRO-3 every rank generates the same batch in step (no rank holds every weight). 0 = off.
+    # (stop rate, duration ratio, silence; ds_train/evaluation/generation_eval.py) and logs the first as TensorBoard
+    # audio. Under ZeRO-3 every rank generates the same batch in step (no rank holds every weight). 0 = off.
     generate_seconds: float = 10.0
     generate_samples: int = 4
     speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
     asr_model: str | None = None  # local transformers Whisper ASR dir: adds eval/gen_wer(_target)
-    # Conditioning gain (ds_train/conditioning.py): each evaluation also scores the eval set with another speaker's
-    # reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
+    # Conditioning gain (ds_train/evaluation/conditioning.py): each evaluation also scores the eval set with another
+    # speaker's reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
     # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.
     on_reference_ignored: Policy = "warn"
     reference_ignored_after: int = 200

@@ -2,7 +2,8 @@
 DeepSpeed ZeRO-2 bf16 (CPU, or GPU where one exists).
 
 Every speaker says the same sentences, so a target's text does not tell its voice: only the reference does. The demo
-ends by measuring the conditioning gain (ds_train/conditioning.py) on its training voices and on the held-out ones."""
+ends by measuring the conditioning gain (ds_train/evaluation/conditioning.py) on its training voices and on the
+held-out ones."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import torch.distributed as dist
 
 from data_pipeline.codecs import tiny_dac
-from data_pipeline.demo_corpus import EVAL_MANIFEST, make_demo_corpus
-from ds_train.conditioning import GAIN, ConditioningGain
+from data_pipeline.demo.corpus import EVAL_MANIFEST, make_demo_corpus
+from ds_train.components.distributed import init_distributed, native_bf16
 from ds_train.config import load_run_config
-from ds_train.distributed import init_distributed, native_bf16
+from ds_train.evaluation.conditioning import GAIN, ConditioningGain
 from ds_train.trainer import Trainer, TrainResult
 
 log = logging.getLogger("ds_train")

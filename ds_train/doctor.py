@@ -1,7 +1,7 @@
 """`python -m ds_train doctor --config run.yaml`: build the run's data pipeline and model, run the training's own health
-checks (ds_train/monitor.py) on real micro-batches of the run's data and one real optimizer step, and print a
-pass/fail table, one row per check by name, of what the seed report's failures (and a few more things) look like on
-this run.
+checks (ds_train/monitor/health_monitor.py) on real micro-batches of the run's data and one real optimizer step, and
+print a pass/fail table, one row per check by name, of what the seed report's failures (and a few more things) look
+like on this run.
 
 It writes nothing into the run's output directory (it uses a temporary one) and exits non-zero if any check fails.
 """
@@ -20,9 +20,9 @@ import transformers
 
 from data_pipeline.types import IGNORE_INDEX
 from ds_train.config import RunConfig
-from ds_train.health import HealthCheck, HealthError
-from ds_train.monitor import STEP_CHECKS
-from ds_train.safe_decode import safe_decode_text
+from ds_train.monitor.health import HealthCheck, HealthError
+from ds_train.monitor.health_monitor import STEP_CHECKS
+from ds_train.monitor.safe_decode import safe_decode_text
 from ds_train.trainer import Trainer
 
 SAFE_DECODING = "5. logging decodes out-of-range ids safely"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from data_pipeline.errors import DATA_ERRORS, EXIT_CONFIG, ErrorKind, InputError, UsageError
 from ds_train.config import ConfigError
-from ds_train.health import HealthError
+from ds_train.monitor.health import HealthError
 
 __all__ = [
     "TRAINER_ERRORS", "CheckpointError", "ConfigError", "HealthError", "InputError", "UsageError", "WorldSizeError",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ds_train.checkpoint import load_checkpoint_model
-from ds_train.lora import merge_lora
-from ds_train.model import PROJECTOR_FILE
+from ds_train.components.checkpoint import load_checkpoint_model
+from ds_train.model.lora import merge_lora
+from ds_train.model.modeling import PROJECTOR_FILE
 
 log = logging.getLogger("ds_train")
 WHISPER_SUBDIR = "whisper_tower"

@@ -6,11 +6,11 @@ import torch
 from transformers import HiggsAudioV2ForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.layout.text_tokens import SpecialTokenIds, build_tiny_tokenizer
 from data_pipeline.types import AudioGeometry
-from ds_train.model import VoiceCloningModel, WhisperTower
-from ds_train.parts import parameter_counts
-from ds_train.presets import llm_config, whisper_config, zero_memory_per_gpu
+from ds_train.model.modeling import VoiceCloningModel, WhisperTower
+from ds_train.model.parts import parameter_counts
+from ds_train.model.presets import llm_config, whisper_config, zero_memory_per_gpu
 
 # The published codec: 8 codebooks of 1024 codes.
 HIGGS_GEOMETRY = AudioGeometry(num_codebooks=8, codec_codebook_size=1024)

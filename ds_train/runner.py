@@ -17,7 +17,7 @@ import threading
 
 import psutil
 
-from ds_train.stopping import STOP_SIGNALS
+from ds_train.components.stopping import STOP_SIGNALS
 
 GRACE_ENV = "DS_TRAIN_STOP_GRACE"
 DEFAULT_GRACE_S = 300.0

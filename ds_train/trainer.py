@@ -18,30 +18,30 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from ds_train.align import check_align, optimizer_param_groups, trained_part_norms
-from ds_train.batch_checks import BatchRules, collate_screened
-from ds_train.batch_stream import BatchStream
-from ds_train.build import build_model, build_tokenizer
-from ds_train.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
-from ds_train.conditioning import ConditioningGain, check_reference_ignored
+from ds_train.components.align import check_align, optimizer_param_groups, trained_part_norms
+from ds_train.components.batch_stream import BatchStream
+from ds_train.components.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
+from ds_train.components.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
+from ds_train.components.distributed import device_for, init_distributed
+from ds_train.components.preflight import check_cpu_adam, warn_stale_build_locks
+from ds_train.components.rng import RNGState, seed_everything
+from ds_train.components.schedule import warmup_cosine
+from ds_train.components.stopping import GracefulStop
 from ds_train.config import RunConfig, resolve_deepspeed_config
-from ds_train.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
-from ds_train.distributed import device_for, init_distributed
-from ds_train.evaluation import BestEval, Evaluator
-from ds_train.generate import frame_budget
-from ds_train.generation_eval import GenerationEvaluator
-from ds_train.grad_norms import part_grad_norms
-from ds_train.health import HealthCheck, HealthError
-from ds_train.intelligibility import Transcriber
-from ds_train.loss import LabelCounts, LossSums, LossWeights
-from ds_train.metrics import MetricsProcessor, StepMeasurement
-from ds_train.monitor import HealthMonitor, ScheduleReference, apply_lr_floor
-from ds_train.preflight import check_cpu_adam, warn_stale_build_locks
-from ds_train.rng import RNGState, seed_everything
-from ds_train.sample_logger import SampleLogger
-from ds_train.schedule import warmup_cosine
-from ds_train.speaker_similarity import SpeakerEncoder
-from ds_train.stopping import GracefulStop
+from ds_train.evaluation.conditioning import ConditioningGain, check_reference_ignored
+from ds_train.evaluation.generation_eval import GenerationEvaluator
+from ds_train.evaluation.held_out import BestEval, Evaluator
+from ds_train.evaluation.intelligibility import Transcriber
+from ds_train.evaluation.sample_logger import SampleLogger
+from ds_train.evaluation.speaker_similarity import SpeakerEncoder
+from ds_train.inference.generate import frame_budget
+from ds_train.model.build import build_model, build_tokenizer
+from ds_train.model.loss import LabelCounts, LossSums, LossWeights
+from ds_train.monitor.batch_checks import BatchRules, collate_screened
+from ds_train.monitor.grad_norms import part_grad_norms
+from ds_train.monitor.health import HealthCheck, HealthError
+from ds_train.monitor.health_monitor import HealthMonitor, ScheduleReference, apply_lr_floor
+from ds_train.monitor.metrics import MetricsProcessor, StepMeasurement
 
 log = logging.getLogger("ds_train")
 RETRIES_PER_MICRO_BATCH = 10  # non-finite micro-batches replaced per planned one before the step gives up
@@ -157,7 +157,7 @@ class Trainer:
                 cfg.data.micro_batch_size, cfg.data.max_tokens, self.rank, self.world_size, self.device,
             )  # fmt: skip
         self.last_eval: dict[str, float] = {}  # the latest evaluation's eval/* values
-        self.conditioning = None  # swapped-reference scoring at each evaluation (ds_train/conditioning.py)
+        self.conditioning = None  # swapped-reference scoring at each evaluation (ds_train/evaluation/conditioning.py)
         if self.evaluator is not None and cfg.monitor.conditioning_gain:
             self.conditioning = ConditioningGain(
                 self.evaluator, self.data.layout, cfg.whisper.enabled, t.seed, verbose=self.rank == 0

@@ -12,9 +12,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from data_pipeline.codecs import DacCodec, tiny_dac  # noqa: E402
-from data_pipeline.demo_corpus import make_demo_corpus  # noqa: E402
-from data_pipeline.prepare import PrepareConfig, prepare  # noqa: E402
-from ds_train.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR  # noqa: E402
+from data_pipeline.demo.corpus import make_demo_corpus  # noqa: E402
+from data_pipeline.prepare.build_set import PrepareConfig, prepare  # noqa: E402
+from ds_train.components.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR  # noqa: E402
 from tests.helpers import Assets  # noqa: E402
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import write_set_indexes
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.shards import DATASET_FILE
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.loading.collator import VoiceCloningCollator
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.prepare.build_set import write_set_indexes
+from data_pipeline.prepare.shards import DATASET_FILE
 from data_pipeline.types import AudioGeometry
-from ds_train.build import build_model
 from ds_train.config import RunConfig, load_run_config
+from ds_train.model.build import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "ds_configs"
@@ -96,7 +96,7 @@ def tiny_model_and_batch(whisper: bool = True, trainable: bool = True, seed: int
     cfg = RunConfig()
     cfg.whisper.enabled = whisper
     cfg.whisper.trainable = trainable
-    from data_pipeline.text_tokens import build_tiny_tokenizer
+    from data_pipeline.layout.text_tokens import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     builder = LayoutBuilder(tok, GEO, LayoutOptions(whisper=whisper))

@@ -1,5 +1,5 @@
-"""Convert other data layouts into our JSONL voice-cloning manifest (see `data_pipeline.manifest`): one module per
-source (`chatml`, `pairs`, `split`, `hf`, `wds`), what they share in `common` (and, for the corpus importers that
+"""Convert other data layouts into our JSONL voice-cloning manifest (see `data_pipeline.ingest.manifest`): one module
+per source (`chatml`, `pairs`, `split`, `hf`, `wds`), what they share in `common` (and, for the corpus importers that
 extract audio, `extract`), the command line in `cli` (`python -m data_pipeline.importers
 chatml|pairs|split|hf|webdataset ...`)."""
 

@@ -21,9 +21,9 @@ from data_pipeline.importers.common import (
     require_file,
     write_result,
 )
-from data_pipeline.layout import SYSTEM_PROMPT
-from data_pipeline.manifest import Reject, decode_utf8, describe_decode_error, parse_json, type_name
-from data_pipeline.text_tokens import SCENE_END, SCENE_START
+from data_pipeline.ingest.manifest import Reject, decode_utf8, describe_decode_error, parse_json, type_name
+from data_pipeline.layout.builder import SYSTEM_PROMPT
+from data_pipeline.layout.text_tokens import SCENE_END, SCENE_START
 
 ROLES = ("system", "user", "assistant")
 # Keys a ChatML audio part may carry its path under, in order of preference.

@@ -1,4 +1,5 @@
-"""Command line of the importers: other data layouts -> our JSONL voice-cloning manifest (`data_pipeline.manifest`).
+"""Command line of the importers: other data layouts -> our JSONL voice-cloning manifest
+(`data_pipeline.ingest.manifest`).
 
 python -m data_pipeline.importers chatml INPUT.json --out manifest.jsonl [--rejects rejects.jsonl] [--no-check-audio]
 python -m data_pipeline.importers pairs CORPUS --out manifest.jsonl [--seed 0] [--min-ref-seconds 3]

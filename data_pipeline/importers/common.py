@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.errors import InputError
-from data_pipeline.manifest import Reject, row_problems
+from data_pipeline.ingest.manifest import Reject, row_problems
 
 __all__ = [
     "BadEntry",

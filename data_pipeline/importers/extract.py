@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data_pipeline.importers.common import BadEntry, ImportResult, check_row, manifest_path, write_result
 from data_pipeline.importers.pairs import Utterance, pair_utterances
-from data_pipeline.manifest import Reject, type_name
+from data_pipeline.ingest.manifest import Reject, type_name
 
 # soundfile's format name -> file extension (anything else: the format name, lower-cased).
 EXTENSIONS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "MP3": "mp3", "AIFF": "aiff"}

@@ -36,7 +36,7 @@ from data_pipeline.importers.extract import (
     text_value,
 )
 from data_pipeline.importers.pairs import check_ref_limits
-from data_pipeline.manifest import type_name
+from data_pipeline.ingest.manifest import type_name
 
 # Rows turned into Python objects at a time: audio cells are large (a 10 s wav is ~0.5 MB), and `datasets` writes
 # Arrow batches of up to 1000 rows.

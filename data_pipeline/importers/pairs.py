@@ -19,7 +19,7 @@ import soundfile as sf
 
 from data_pipeline.errors import UsageError
 from data_pipeline.importers.common import ImportResult, manifest_path, require_file, write_result
-from data_pipeline.manifest import Reject, text_lines
+from data_pipeline.ingest.manifest import Reject, text_lines
 
 METADATA_NAMES = ("metadata.csv", "metadata.txt")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from data_pipeline.errors import UsageError
 from data_pipeline.importers.common import ImportResult, manifest_path, require_file
-from data_pipeline.manifest import Reject, json_objects, row_id_of, row_problems
+from data_pipeline.ingest.manifest import Reject, json_objects, row_id_of, row_problems
 
 
 @dataclass

@@ -32,7 +32,7 @@ from data_pipeline.importers.extract import (
     text_value,
 )
 from data_pipeline.importers.pairs import check_ref_limits
-from data_pipeline.manifest import decode_utf8, describe_decode_error, parse_json, type_name
+from data_pipeline.ingest.manifest import decode_utf8, describe_decode_error, parse_json, type_name
 
 # Member extensions taken as the sample's audio; soundfile reads most (a format it cannot, e.g. m4a, is a reject).
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac", "webm", "aiff", "aif", "au", "caf", "w64")

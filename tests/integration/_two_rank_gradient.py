@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_grad
 
-from ds_train.batch_stream import BatchStream
+from ds_train.components.batch_stream import BatchStream
 from ds_train.config import RunConfig, load_run_config
-from ds_train.loss import LabelCounts, LossWeights
+from ds_train.model.loss import LabelCounts, LossWeights
 from ds_train.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"

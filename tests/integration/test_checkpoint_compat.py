@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ds_train.checkpoint import component_states
+from ds_train.components.checkpoint import component_states
 from ds_train.errors import CheckpointError
 from ds_train.trainer import Trainer
 from tests.helpers import REPO, make_config

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.dataset import EncodedVoiceCloningDataset
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import PrepareConfig, prepare
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_swap import SwappedDataset, plan_swaps
-from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
-from ds_train.health import HealthCheck, HealthError
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.loading.dataset import EncodedVoiceCloningDataset
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.loading.reference_swap import SwappedDataset, plan_swaps
+from data_pipeline.prepare.build_set import PrepareConfig, prepare
+from ds_train.monitor.health import HealthCheck, HealthError
 from ds_train.trainer import Trainer, train
 from tests.helpers import GEO, make_config, read_scalars
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ds_train.doctor import run_doctor
-from ds_train.health import HealthCheck
-from ds_train.monitor import STEP_CHECKS
+from ds_train.monitor.health import HealthCheck
+from ds_train.monitor.health_monitor import STEP_CHECKS
 from tests.helpers import CONFIGS, make_config
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from ds_train.eval_list import evaluate_list
+from ds_train.evaluation.eval_list import evaluate_list
 from ds_train.trainer import Trainer
 from tests.helpers import free_port, make_config, run_command, tiny_asr_model, tiny_speaker_model
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ds_train.checkpoint import BEST_FILE, locate, pointed_tag
+from ds_train.components.checkpoint import BEST_FILE, locate, pointed_tag
 from ds_train.config import ConfigError, load_run_config
-from ds_train.evaluation import Evaluator, eval_batches, rank_share
+from ds_train.evaluation.held_out import Evaluator, eval_batches, rank_share
 from ds_train.trainer import Trainer, train
 from tests.helpers import make_config, read_scalars
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import HiggsAudioV2ForConditionalGeneration
 
-from ds_train.build import build_model, build_tokenizer
 from ds_train.config import RunConfig
 from ds_train.export import WHISPER_SUBDIR, export
+from ds_train.model.build import build_model, build_tokenizer
 from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 

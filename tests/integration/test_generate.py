@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.delay_pattern import add_stream_markers_and_delay
-from ds_train.generate import build_prompt, frames_to_codes, generate_frames, generate_frames_batch, stopped
+from data_pipeline.layout.delay_pattern import add_stream_markers_and_delay
+from data_pipeline.loading.collator import VoiceCloningCollator
+from ds_train.inference.generate import build_prompt, frames_to_codes, generate_frames, generate_frames_batch, stopped
 from tests.helpers import GEO, tiny_model_and_batch
 
 
@@ -137,7 +137,7 @@ def test_whisper_injection_follows_the_prompt_in_chunks(chunk: int) -> None:
     one-shot injection would put them all into the first chunk that has any)."""
     from transformers import DynamicCache
 
-    from data_pipeline.whisper_features import WhisperLogMel, attach_features
+    from data_pipeline.layout.whisper_features import WhisperLogMel, attach_features
 
     model, builder, collator, ref_codes, ref_wave = _prompt_parts(whisper=True)
     batch = build_prompt(builder, collator, "the reference", ref_codes, "new words", ref_wave).batch

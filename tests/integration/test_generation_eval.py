@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from data_pipeline.types import AudioGeometry
-from ds_train.generate import stopped
-from ds_train.generation_eval import GeneratedSample, GenerationEvaluator, silence_share, summarize
-from ds_train.intelligibility import Transcriber
-from ds_train.speaker_similarity import SpeakerEncoder
+from ds_train.evaluation.generation_eval import GeneratedSample, GenerationEvaluator, silence_share, summarize
+from ds_train.evaluation.intelligibility import Transcriber
+from ds_train.evaluation.speaker_similarity import SpeakerEncoder
+from ds_train.inference.generate import stopped
 from ds_train.trainer import Trainer
 from tests.helpers import (
     CONFIGS,

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from data_pipeline.types import IGNORE_INDEX
-from ds_train.batch_checks import collate_screened
-from ds_train.health import HealthCheck, HealthError
+from ds_train.monitor.batch_checks import collate_screened
+from ds_train.monitor.health import HealthCheck, HealthError
 from ds_train.trainer import Trainer
 from tests.helpers import inject, make_config, read_scalars
 

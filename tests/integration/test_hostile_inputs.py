@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from data_pipeline.dataset import EncodedVoiceCloningDataset
 from data_pipeline.importers import InputError, import_chatml, import_pairs, split_by_speaker
-from data_pipeline.layout import LayoutBuilder
-from data_pipeline.manifest import MAX_LINE_BYTES, read_manifest
-from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.ingest.manifest import MAX_LINE_BYTES, read_manifest
+from data_pipeline.layout.builder import LayoutBuilder
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.dataset import EncodedVoiceCloningDataset
+from data_pipeline.prepare.build_set import INDEX_FILE, REJECTS_FILE
 from data_pipeline.types import AudioGeometry
 from tests.helpers import REPO
 

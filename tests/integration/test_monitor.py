@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.text_tokens import build_tiny_tokenizer
-from ds_train.health import HealthError
-from ds_train.parts import PART_NAMES
-from ds_train.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from ds_train.model.parts import PART_NAMES
+from ds_train.monitor.health import HealthError
+from ds_train.monitor.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
 from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, inject, make_config, read_scalars
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.samplers import TokenBudgetBatchSampler
+from data_pipeline.loading.samplers import TokenBudgetBatchSampler
 from ds_train.trainer import Trainer
 from tests.helpers import REPO, command_env, free_port
 from tests.integration._two_rank_gradient import EXAMPLES, RANK_EXAMPLES, gradient_config, step_gradient

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from ds_train.components.distributed import init_distributed
+from ds_train.components.preflight import missing_build_tools, uses_cpu_adam
 from ds_train.config import ConfigError
-from ds_train.distributed import init_distributed
-from ds_train.preflight import missing_build_tools, uses_cpu_adam
 from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 

@@ -15,23 +15,23 @@ import pytest
 import soundfile as sf
 import torch
 
-import data_pipeline.encode_rows as encode_rows_module
-from data_pipeline.collator import VoiceCloningCollator
-from data_pipeline.dataset import EncodedVoiceCloningDataset
-from data_pipeline.encode_rows import encode_rows
-from data_pipeline.layout import LayoutBuilder
-from data_pipeline.manifest import read_manifest
-from data_pipeline.prepare import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_choice import ReferencePolicy
-from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.text_tokens import build_tiny_tokenizer
+import data_pipeline.prepare.encode_rows as encode_rows_module
+from data_pipeline.ingest.manifest import read_manifest
+from data_pipeline.ingest.validation import Limits
+from data_pipeline.layout.builder import LayoutBuilder
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.collator import VoiceCloningCollator
+from data_pipeline.loading.dataset import EncodedVoiceCloningDataset
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.loading.reference_choice import ReferencePolicy
+from data_pipeline.loading.samplers import TokenBudgetBatchSampler
+from data_pipeline.prepare.build_set import INDEX_FILE, REJECTS_FILE, PrepareConfig, prepare
+from data_pipeline.prepare.encode_rows import encode_rows
+from data_pipeline.prepare.utterance_store import UTTERANCES_FILE, UtteranceShard, codes_from_bytes
+from data_pipeline.prepare.utterance_store import utterance_shard_name as shard_name
 from data_pipeline.types import AudioGeometry, BadSample
-from data_pipeline.utterance_store import UTTERANCES_FILE, UtteranceShard, codes_from_bytes
-from data_pipeline.utterance_store import utterance_shard_name as shard_name
-from data_pipeline.validation import Limits
+from ds_train.components.data import build_run_data, resolve_codec
 from ds_train.config import ConfigError
-from ds_train.data import build_run_data, resolve_codec
 from ds_train.trainer import Trainer
 from tests.helpers import command_env, free_port, make_config
 

@@ -14,18 +14,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_pipeline.convert_prepared import convert
-from data_pipeline.encode_rows import encode_rows
 from data_pipeline.errors import InputError, UsageError
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.manifest import read_manifest
-from data_pipeline.prepare import PrepareConfig, prepare
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.shards import DATASET_FILE, INDEX_FILE, SHARD_SCHEMA, shard_index, shard_name, write_shard
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.ingest.manifest import read_manifest
+from data_pipeline.ingest.validation import Limits
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.prepare.build_set import PrepareConfig, prepare
+from data_pipeline.prepare.convert_prepared import convert
+from data_pipeline.prepare.encode_rows import encode_rows
+from data_pipeline.prepare.shards import DATASET_FILE, INDEX_FILE, SHARD_SCHEMA, shard_index, shard_name, write_shard
+from data_pipeline.prepare.utterance_store import UTTERANCES_FILE, utterance_shard_name
 from data_pipeline.types import AudioGeometry
-from data_pipeline.utterance_store import UTTERANCES_FILE, utterance_shard_name
-from data_pipeline.validation import Limits
 from ds_train.trainer import Trainer
 from tests.helpers import command_env, make_config
 
@@ -150,10 +150,10 @@ def test_first_format_sets_are_refused_by_name_and_converted(
     old, new = tmp_path / "old", tmp_path / "new"
     _first_format_set(assets.manifest, codec, old, raw_int16)
     layout = _layout(prepared_corpus, whisper=True)
-    with pytest.raises(InputError, match=rf"first format.*python -m data_pipeline.convert_prepared {old} NEW"):
+    with pytest.raises(InputError, match=rf"first format.*python -m data_pipeline.prepare.convert_prepared {old} NEW"):
         PreparedDataset(old, layout)
     if raw_int16:  # through the command line
-        proc = subprocess.run([sys.executable, "-m", "data_pipeline.convert_prepared", str(old), str(new)],
+        proc = subprocess.run([sys.executable, "-m", "data_pipeline.prepare.convert_prepared", str(old), str(new)],
                               env=command_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "converted 24 examples" in proc.stdout

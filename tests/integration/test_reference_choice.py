@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_choice import KEEP_PREPARED, ReferenceDraws, ReferencePolicy
-from data_pipeline.samplers import TokenBudgetBatchSampler
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.loading.reference_choice import KEEP_PREPARED, ReferenceDraws, ReferencePolicy
+from data_pipeline.loading.samplers import TokenBudgetBatchSampler
 from data_pipeline.types import AudioGeometry
 from ds_train.config import ConfigError, load_run_config
 from ds_train.trainer import Trainer
@@ -81,7 +81,7 @@ def test_same_speaker_references_vary_per_epoch_and_are_packed_on_their_real_len
 
 
 def _ref_codes_of(example, ref_frames: int) -> tuple:
-    from data_pipeline.delay_pattern import revert_delay
+    from data_pipeline.layout.delay_pattern import revert_delay
 
     return tuple(revert_delay(example.audio_frames[:ref_frames]).flatten().tolist())
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.samplers import DataPosition
-from ds_train.build import build_model
+from data_pipeline.loading.samplers import DataPosition
+from ds_train.components.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR
 from ds_train.config import ConfigError, RunConfig
-from ds_train.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR
+from ds_train.model.build import build_model
 from ds_train.trainer import Trainer, train
 from tests.helpers import (
     CONFIGS,
@@ -155,7 +155,7 @@ def test_activation_checkpointing_reduces_saved_activations() -> None:
     plain = _saved_activation_bytes(model, batch)
     cfg = RunConfig()
     cfg.train.activation_checkpointing = True
-    from data_pipeline.text_tokens import build_tiny_tokenizer
+    from data_pipeline.layout.text_tokens import build_tiny_tokenizer
 
     torch.manual_seed(0)
     ckpt_model = build_model(cfg, build_tiny_tokenizer(), GEO)

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from data_pipeline.prepare import PrepareConfig, prepare
+from data_pipeline.prepare.build_set import PrepareConfig, prepare
 from ds_train.trainer import Trainer, train
 from tests.helpers import CONFIGS, REPO, command_env, free_port, inject, make_config, read_scalars
 
@@ -208,7 +208,7 @@ def test_dataloader_worker_ignores_outside_stop_signals_but_not_its_parents(tmp_
     parent's SIGTERM (how multiprocessing stops daemonic workers at exit)."""
     code = (
         "import os, signal, sys, time\n"
-        "from ds_train.stopping import worker_init_fn\n"
+        "from ds_train.components.stopping import worker_init_fn\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    worker_init_fn(0)\n"

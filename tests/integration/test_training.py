@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_train.build import build_model
-from ds_train.flops import llm_flops_per_token
+from ds_train.model.build import build_model
+from ds_train.model.flops import llm_flops_per_token
 from ds_train.trainer import Trainer, train
 from tests.helpers import REQUIRED_SCALARS, make_config, read_scalars
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_train.align import check_align
+from ds_train.components.align import check_align
+from ds_train.components.schedule import lr_at
 from ds_train.config import ConfigError, resolve_deepspeed_config
-from ds_train.health import HealthCheck
-from ds_train.parts import part_of
-from ds_train.schedule import lr_at
+from ds_train.model.parts import part_of
+from ds_train.monitor.health import HealthCheck
 from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 

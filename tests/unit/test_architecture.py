@@ -8,12 +8,31 @@ from pathlib import Path
 from tests.helpers import REPO
 
 PACKAGES = ("data_pipeline", "ds_train")
+# The layers of docs/ARCHITECTURE.md, lowest first: a module may import only modules of its own layer or lower ones.
+# A name is a sub-package (all its modules) or a module; the longest matching name decides.
+LAYERS = (
+    ("data_pipeline", "data_pipeline.types", "data_pipeline.errors", "data_pipeline.demo"),
+    ("data_pipeline.ingest",),
+    ("data_pipeline.codecs", "data_pipeline.layout"),
+    ("data_pipeline.importers", "data_pipeline.prepare"),
+    ("data_pipeline.loading",),
+    # the HealthCheck enum is named by the config's policies: it sits with the config, below everything else
+    ("ds_train", "ds_train.config", "ds_train.errors", "ds_train.monitor.health"),
+    ("ds_train.model",),
+    ("ds_train.components",),
+    ("ds_train.monitor",),
+    ("ds_train.inference",),
+    ("ds_train.evaluation",),
+    ("ds_train.trainer",),
+    ("ds_train.__main__", "ds_train.doctor", "ds_train.demo", "ds_train.info", "ds_train.export", "ds_train.runner"),
+)
 # Modules that run or drive training; nothing below them may import them.
 TRAINING = {"ds_train.trainer", "ds_train.doctor", "ds_train.demo", "ds_train.__main__"}
 # Loading, inference and the model never import the training loop (nanochat's rule: inference stands alone).
 NEVER_IMPORT_TRAINING = (
-    "ds_train.config", "ds_train.build", "ds_train.data", "ds_train.model", "ds_train.loss", "ds_train.checkpoint",
-    "ds_train.export", "ds_train.generate", "ds_train.evaluation", "ds_train.monitor", "ds_train.metrics",
+    "ds_train.config", "ds_train.model.build", "ds_train.components.data", "ds_train.model.modeling",
+    "ds_train.model.loss", "ds_train.components.checkpoint", "ds_train.export", "ds_train.inference.generate",
+    "ds_train.evaluation.held_out", "ds_train.monitor.health_monitor", "ds_train.monitor.metrics",
 )  # fmt: skip
 
 
@@ -78,3 +97,45 @@ def test_no_import_cycles() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest name that is `module` or a package above it."""
+    best, found = -1, None
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, found = len(name), index
+    assert found is not None, f"{module} is in no layer: add it to LAYERS and docs/ARCHITECTURE.md"
+    return found
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})"
+        for module, deps in sorted(graph.items())
+        for dep in sorted(deps)
+        if layer_of(dep) > layer_of(module)
+    ]
+
+
+def test_sub_packages_import_only_their_own_layer_or_lower_ones() -> None:
+    upward = upward_imports(_imports())
+    assert not upward, "imports running up the layers of docs/ARCHITECTURE.md:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_names_an_upward_import() -> None:
+    """The check can fail: the model importing the trainer, or a prepared-set writer importing the reader, is named."""
+    graph = _imports()
+    graph["ds_train.model.modeling"] = graph["ds_train.model.modeling"] | {"ds_train.trainer"}
+    graph["data_pipeline.prepare.shards"] = graph["data_pipeline.prepare.shards"] | {"data_pipeline.loading.collator"}
+    assert upward_imports(graph) == [
+        "data_pipeline.prepare.shards (layer 3) imports data_pipeline.loading.collator (layer 4)",
+        "ds_train.model.modeling (layer 6) imports ds_train.trainer (layer 11)",
+    ]
+
+
+def test_every_sub_package_says_its_stage() -> None:
+    for pkg in PACKAGES:
+        for init in (REPO / pkg).rglob("__init__.py"):
+            assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(REPO)} has no docstring"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from data_pipeline.collator import VoiceCloningCollator, select_rows
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.whisper_features import WhisperLogMel, attach_features
+from data_pipeline.loading.collator import VoiceCloningCollator, select_rows
 from data_pipeline.types import IGNORE_INDEX, AudioGeometry
-from data_pipeline.whisper_features import WhisperLogMel, attach_features
-from ds_train.batch_checks import BatchRules, find_row_failures
-from ds_train.health import HealthCheck
+from ds_train.monitor.batch_checks import BatchRules, find_row_failures
+from ds_train.monitor.health import HealthCheck
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
 

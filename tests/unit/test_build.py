@@ -8,15 +8,15 @@ import pytest
 import torch
 from transformers import WhisperModel
 
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
 from data_pipeline.types import AudioGeometry
-from ds_train.build import build_model, build_tokenizer
 from ds_train.config import ConfigError, RunConfig
-from ds_train.flops import bf16_peak_for
 from ds_train.info import meta_model
-from ds_train.model import load_whisper_encoder
-from ds_train.parts import parameter_counts
-from ds_train.presets import whisper_config
+from ds_train.model.build import build_model, build_tokenizer
+from ds_train.model.flops import bf16_peak_for
+from ds_train.model.modeling import load_whisper_encoder
+from ds_train.model.parts import parameter_counts
+from ds_train.model.presets import whisper_config
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
 

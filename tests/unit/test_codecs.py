@@ -10,7 +10,6 @@ import pytest
 import torch
 from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
 
-from data_pipeline.audio import resample
 from data_pipeline.codecs import (
     HIGGS_RATIOS,
     Codec,
@@ -23,7 +22,8 @@ from data_pipeline.codecs import (
     tiny_higgs,
     tiny_higgs_config,
 )
-from data_pipeline.encode_rows import encode_by_length
+from data_pipeline.ingest.audio import resample
+from data_pipeline.prepare.encode_rows import encode_by_length
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_pipeline.collator import EmptyWhisperFeaturesError, VoiceCloningCollator
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.whisper_features import WhisperLogMel, attach_features
+from data_pipeline.loading.collator import EmptyWhisperFeaturesError, VoiceCloningCollator
 from data_pipeline.types import IGNORE_INDEX, AudioGeometry
-from data_pipeline.whisper_features import WhisperLogMel, attach_features
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline.count_cache import CHECKED
-from data_pipeline.layout import LayoutBuilder, LayoutOptions
-from data_pipeline.prepare import write_set_indexes
-from data_pipeline.prepared_dataset import PreparedDataset
-from data_pipeline.reference_choice import ReferencePolicy
-from data_pipeline.shards import DATASET_FILE
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.prepared_dataset import PreparedDataset
+from data_pipeline.loading.reference_choice import ReferencePolicy
+from data_pipeline.prepare.build_set import write_set_indexes
+from data_pipeline.prepare.count_cache import CHECKED
+from data_pipeline.prepare.shards import DATASET_FILE
 from data_pipeline.types import AudioGeometry
 from tests.helpers import index_only_set
 

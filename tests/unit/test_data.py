@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_pipeline.dataset import EncodedVoiceCloningDataset
-from data_pipeline.layout import LayoutBuilder
-from data_pipeline.manifest import read_manifest
-from data_pipeline.samplers import PositionalBatchSampler, ResumableBatchSampler, TokenBudgetBatchSampler
-from data_pipeline.text_tokens import build_tiny_tokenizer
+from data_pipeline.ingest.manifest import read_manifest
+from data_pipeline.layout.builder import LayoutBuilder
+from data_pipeline.layout.text_tokens import build_tiny_tokenizer
+from data_pipeline.loading.dataset import EncodedVoiceCloningDataset
+from data_pipeline.loading.samplers import PositionalBatchSampler, ResumableBatchSampler, TokenBudgetBatchSampler
 from data_pipeline.types import AudioGeometry
 
 

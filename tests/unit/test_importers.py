@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from data_pipeline.importers import import_chatml, import_pairs, main, pair_corpus, split_by_speaker
-from data_pipeline.manifest import read_manifest
+from data_pipeline.ingest.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM = "Generate audio following instruction.\n\n<|scene_desc_start|>\nA quiet studio.\n<|scene_desc_end|>"

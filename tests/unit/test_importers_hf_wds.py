@@ -17,7 +17,7 @@ from datasets import Audio, Dataset, DatasetDict, disable_progress_bars
 
 from data_pipeline.importers import import_hf, import_webdataset
 from data_pipeline.importers.extract import CorpusWriter, EncodedAudio
-from data_pipeline.manifest import read_manifest
+from data_pipeline.ingest.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = {"min_ref_seconds": 0.3, "max_ref_seconds": 2.0}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ds_train.intelligibility import Transcriber, error_counts, error_rate, normalize
+from ds_train.evaluation.intelligibility import Transcriber, error_counts, error_rate, normalize
 from tests.helpers import tiny_asr_model
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import HiggsAudioV2Processor, WhisperFeatureExtractor
 
-from data_pipeline.delay_pattern import add_stream_markers_and_delay, revert_delay
-from data_pipeline.layout import LayoutBuilder, LayoutOptions, whisper_token_count
-from data_pipeline.text_tokens import SpecialTokenIds, build_tiny_tokenizer
+from data_pipeline.layout.builder import LayoutBuilder, LayoutOptions, whisper_token_count
+from data_pipeline.layout.delay_pattern import add_stream_markers_and_delay, revert_delay
+from data_pipeline.layout.text_tokens import SpecialTokenIds, build_tiny_tokenizer
 from data_pipeline.types import IGNORE_INDEX, AudioGeometry
 
 GEO = AudioGeometry(num_codebooks=4, codec_codebook_size=256)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ds_train.spectrograms import FRAMES_PER_SECOND, GAP, TITLE, spectrogram_image
+from ds_train.evaluation.spectrograms import FRAMES_PER_SECOND, GAP, TITLE, spectrogram_image
 
 SAMPLE_RATE = 24000
 

@@ -1,4 +1,4 @@
-"""Tests for data_pipeline.speech_synth: real espeak-ng formant speech via ctypes."""
+"""Tests for data_pipeline.demo.speech_synth: real espeak-ng formant speech via ctypes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import espeakng_loader
 import numpy as np
 import pytest
 
-from data_pipeline import speech_synth
-from data_pipeline.speech_synth import MAX_DEMO_VOICES, Voice, demo_voices, espeak_available, synthesize
+from data_pipeline.demo import speech_synth
+from data_pipeline.demo.speech_synth import MAX_DEMO_VOICES, Voice, demo_voices, espeak_available, synthesize
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 LONG_TEXT = (

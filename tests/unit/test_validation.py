@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_pipeline import validation
-from data_pipeline.validation import (
+from data_pipeline.ingest import validation
+from data_pipeline.ingest.validation import (
     Limits,
     RowError,
     check_codes,

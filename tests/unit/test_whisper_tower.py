@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from data_pipeline.whisper_features import WhisperLogMel
-from ds_train.model import WhisperTower, feature_digests
-from ds_train.presets import whisper_config
+from data_pipeline.layout.whisper_features import WhisperLogMel
+from ds_train.model.modeling import WhisperTower, feature_digests
+from ds_train.model.presets import whisper_config
 from tests.helpers import tiny_model_and_batch
 
 

@@ -1,0 +1,1 @@
+"""The demo's local speech: eSpeak NG synthesis and a small multi-speaker corpus."""

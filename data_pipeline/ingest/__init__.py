@@ -1,0 +1,1 @@
+"""Reading the input: manifest lines, per-row checks, audio decoding and resampling."""

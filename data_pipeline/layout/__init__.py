@@ -1,0 +1,1 @@
+"""One example as tokens: the ChatML layout, special tokens, delay pattern, Whisper features."""

@@ -1,0 +1,1 @@
+"""Training-time data: datasets (prepared or in memory), reference choice and swaps, samplers, collator."""

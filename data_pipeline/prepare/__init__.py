@@ -1,0 +1,1 @@
+"""Encoding once, offline: a manifest -> a prepared set (utterance shards, indexes, rejects)."""

@@ -1,0 +1,1 @@
+"""Training health and metrics: the health checks, their monitor, grad norms, safe decoding, step metrics."""
