@@ -2,7 +2,8 @@
 
 An expected error is one a person fixes by changing the command, the config or the input (a config error, a missing
 file, a bad input file, a bad checkpoint, ...). At the command line it prints one line `error: <message>` (once per
-node: on LOCAL_RANK 0, or RANK 0 when only RANK is set) and exits with the code of its kind; `--traceback` or
+node: on LOCAL_RANK 0, or RANK 0 when only RANK is set; on every rank for an error marked `rank_local`, which only
+its rank raised) and exits with the code of its kind; `--traceback` or
 DS_TRAIN_TRACEBACK=1 prints the full trace instead (same exit code). Any other exception is a bug and keeps its
 traceback (exit code 1). `data_pipeline` defines the input errors; `ds_train.errors` adds the trainer's kinds.
 """
@@ -78,6 +79,6 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None, kinds:
             raise  # a bug: Python prints the traceback and exits with 1
         if show_trace:
             traceback.print_exc()
-        elif prints_here():
+        elif prints_here() or getattr(err, "rank_local", False):  # a rank-local error: its rank's line names it
             print(f"error: {err}", file=sys.stderr, flush=True)
         return code

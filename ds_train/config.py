@@ -168,6 +168,9 @@ class TrainSection(_Section):
     keep_best: bool = True  # with an eval set: checkpoint each new best eval loss, kept apart from keep_last
     keep_last: int = 3  # checkpoints kept (older ones are deleted); 0 keeps all
     max_wall_minutes: float = 0.0  # save and stop cleanly after this long; 0 = no limit
+    # A rank that shows no sign of life this long (its process hangs, its host is cut off) ends the run with a line
+    # naming it (ds_train/components/peers.py); a dead one is named at the next collective. 0 = no watch.
+    peer_timeout_minutes: float = 2.0
     activation_checkpointing: bool = False  # recompute decoder-layer (and Whisper) activations in backward
     tensorboard: bool = True
     # Fault injection for resilience tests: rank 0 SIGKILLs itself right after saving this step (0 = off).
@@ -182,6 +185,10 @@ class TrainSection(_Section):
             )
         if self.lr <= 0:
             raise ConfigError(f"{section}.lr must be > 0, got {self.lr}")
+        if self.peer_timeout_minutes < 0:
+            raise ConfigError(
+                f"{section}.peer_timeout_minutes must be >= 0 (0 = no watch), got {self.peer_timeout_minutes}"
+            )
         if self.min_lr > self.lr:
             raise ConfigError(
                 f"{section}.min_lr={self.min_lr:g} is above {section}.lr={self.lr:g}: the floor would replace the "

@@ -12,14 +12,19 @@ from ds_train.config import ConfigError
 from ds_train.monitor.health import HealthError
 
 __all__ = [
-    "TRAINER_ERRORS", "CheckpointError", "ConfigError", "HealthError", "InputError", "UsageError", "WorldSizeError",
+    "TRAINER_ERRORS", "CheckpointError", "ConfigError", "HealthError", "InputError", "PeerLost", "UsageError",
+    "WorldSizeError",
 ]  # fmt: skip
 
-EXIT_CHECKPOINT, EXIT_WORLD_SIZE, EXIT_HEALTH = 6, 7, 8
+EXIT_CHECKPOINT, EXIT_WORLD_SIZE, EXIT_HEALTH, EXIT_LOST_PEER = 6, 7, 8, 9
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be used (DeepSpeed cannot load it, its files do not fit the run)."""
+
+
+class PeerLost(RuntimeError):
+    """A rank of the run stopped answering: its process died, hangs, or its host was cut off."""
 
 
 class WorldSizeError(ConfigError):
@@ -31,5 +36,6 @@ TRAINER_ERRORS: tuple[ErrorKind, ...] = (
     ErrorKind("config", EXIT_CONFIG, (ConfigError,)),
     ErrorKind("bad checkpoint", EXIT_CHECKPOINT, (CheckpointError,)),
     ErrorKind("health halt", EXIT_HEALTH, (HealthError,)),
+    ErrorKind("lost peer", EXIT_LOST_PEER, (PeerLost,)),
     *DATA_ERRORS,
 )

@@ -18,16 +18,19 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from ds_train.components.agreement import HaltVote
 from ds_train.components.align import check_align, optimizer_param_groups, trained_part_norms
 from ds_train.components.batch_stream import BatchStream
 from ds_train.components.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
 from ds_train.components.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
 from ds_train.components.distributed import device_for, init_distributed
+from ds_train.components.peers import PeerWatch, is_transport_error
 from ds_train.components.preflight import check_cpu_adam, warn_stale_build_locks
-from ds_train.components.rng import RNGState, seed_everything
+from ds_train.components.rng import RNGState, rank_seed, seed_everything
 from ds_train.components.schedule import warmup_cosine
 from ds_train.components.stopping import GracefulStop
 from ds_train.config import RunConfig, resolve_deepspeed_config
+from ds_train.errors import PeerLost
 from ds_train.evaluation.conditioning import ConditioningGain, check_reference_ignored
 from ds_train.evaluation.generation_eval import GenerationEvaluator
 from ds_train.evaluation.held_out import BestEval, Evaluator
@@ -38,13 +41,17 @@ from ds_train.inference.generate import frame_budget
 from ds_train.model.build import build_model, build_tokenizer
 from ds_train.model.loss import LabelCounts, LossSums, LossWeights
 from ds_train.monitor.batch_checks import BatchRules, collate_screened
-from ds_train.monitor.grad_norms import part_grad_norms
+from ds_train.monitor.grad_norms import fp32_masters, part_grad_norms
 from ds_train.monitor.health import HealthCheck, HealthError
 from ds_train.monitor.health_monitor import HealthMonitor, ScheduleReference, apply_lr_floor
 from ds_train.monitor.metrics import MetricsProcessor, StepMeasurement
 
 log = logging.getLogger("ds_train")
-RETRIES_PER_MICRO_BATCH = 10  # non-finite micro-batches replaced per planned one before the step gives up
+STEP_RETRIES = 10  # steps whose every micro-batch had a non-finite loss, retried on the next data before halting
+
+
+class _NoUsableMicroBatch(Exception):
+    """Every micro-batch of a step had a non-finite loss on some rank: nothing was back-propagated."""
 
 
 @dataclass
@@ -86,9 +93,12 @@ class Trainer:
         warn_stale_build_locks()  # before DeepSpeed builds its ops (shared-memory all-reduce, CPU Adam) and hangs
         self.rank, self.local_rank, self.world_size = init_distributed()
         self.device = device_for(self.local_rank)
+        self.peers = None  # heartbeats: a rank that hangs or is cut off ends the run in bounded time
+        if self.world_size > 1 and t.peer_timeout_minutes > 0:
+            self.peers = PeerWatch(t.peer_timeout_minutes * 60).start()
         self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
         check_cpu_adam(self.ds_config, t.deepspeed_config)
-        seed_everything(t.seed)
+        seed_everything(t.seed)  # the same on every rank until the model is built: identical initial weights
         self.cfg = cfg = resolve_codec(cfg)
         self.out_dir = Path(t.output_dir).resolve()
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
@@ -118,6 +128,7 @@ class Trainer:
                 lambda opt: warmup_cosine(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps, w.align_steps, w.align_lr)
             ),
         )  # fmt: skip
+        seed_everything(rank_seed(t.seed, self.rank))  # from here each rank draws its own dropout and worker seeds
 
         self.prepare_batch = BatchPreparer(self.device)
         sampler = build_sampler(cfg, self.data.dataset, self.rank, self.world_size)
@@ -127,11 +138,15 @@ class Trainer:
                 t.lr, t.min_lr, t.warmup_steps, t.max_steps, w.align_steps, w.align_lr
             ),
         )  # fmt: skip
-        self.batches = BatchStream(sampler, self._loader, cfg.data.max_bad_fraction, self.monitor.screen)
+        self.halts = HaltVote(self.device)  # a rank's own reason to stop, decided by all ranks together
+        self.monitor.masters = fp32_masters(self.optimizer)
+        self.batches = BatchStream(
+            sampler, self._loader, cfg.data.max_bad_fraction, self.monitor.screen, report=self.halts.record
+        )
         self.best_eval = BestEval(t.keep_best)
         self.checkpointer = Checkpointer(self.ckpt_dir, t.keep_last, {
             "data": self.batches, "health": self.monitor, "best_eval": self.best_eval,
-            "rng": RNGState(self.rank, self.world_size),
+            "rng": RNGState(self.rank),
         })  # fmt: skip
         if resume:
             path = self.checkpointer.load_latest(self.engine, self.world_size, self.ds_config)
@@ -182,10 +197,20 @@ class Trainer:
     def train_step(self) -> StepStats:
         started = time.perf_counter()
         parts_due = self._part_norms_due(self.step + 1)
-        micro_batches = self.batches.next_batches(self.engine.gradient_accumulation_steps())
-        counts = LabelCounts.of_step(micro_batches, self.cfg.model.text_head, self.device)
-        weights = LossWeights.for_step(counts, len(micro_batches), self.world_size)
-        sums, first = self.forward_backward(micro_batches, weights)
+        for attempt in range(STEP_RETRIES + 1):
+            micro_batches = self.batches.next_batches(self.engine.gradient_accumulation_steps())
+            self.halts.decide()  # every rank has its micro-batches, or all stop here together
+            counts = LabelCounts.of_step(micro_batches, self.cfg.model.text_head, self.device)
+            weights = LossWeights.for_step(counts, len(micro_batches), self.world_size)
+            try:
+                sums, first = self.forward_backward(micro_batches, weights)
+                break
+            except _NoUsableMicroBatch:
+                if attempt == STEP_RETRIES:
+                    raise HealthError(HealthCheck.NONFINITE_LOSS, (
+                        f"[health:nonfinite_loss] step {self.step + 1}: every micro-batch had a non-finite loss, "
+                        f"{STEP_RETRIES + 1} times in a row"
+                    )) from None  # fmt: skip
         part_norms = part_grad_norms(self.engine.module) if parts_due else None
         self.monitor.snapshot_params(self.engine.module, trained_part_norms(part_norms, self.optimizer, self.cfg))
         self.engine.step()  # the accumulation boundary: the optimizer step
@@ -206,25 +231,25 @@ class Trainer:
         return StepStats(step, values)
 
     def forward_backward(self, micro_batches: list[dict], weights: LossWeights) -> tuple[LossSums, tuple | None]:
-        """Forward and backward of one step's collated micro-batches. Each but the last also steps the engine
+        """Forward and backward of one step's collated micro-batches. Each backward but the last also steps the engine
         (DeepSpeed counts micro-steps there); the caller's `engine.step()` after the last is the optimizer step, so
-        gradients can be read in between. A micro-batch whose loss is not finite on some rank is skipped on all ranks
-        and replaced by the next one (weighted with the planned step's label counts). -> (this rank's sums, the first
-        (batch, output) for sample logging)."""
+        gradients can be read in between. -> (this rank's sums, the first (batch, output) for sample logging).
+
+        A micro-batch whose loss is not finite on some rank is skipped on every rank, and its place taken by a
+        zero-weight pass over the last usable micro-batch, so that DeepSpeed still counts its micro-steps; no data of
+        the next step is taken. The used micro-batches keep the planned step's label counts as denominators (they were
+        back-propagated before the skip was known): the gradient is the step objective over the used micro-batches
+        times the share of the step's labels they hold; their sums, hence train/loss, are that objective's value.
+        Raises _NoUsableMicroBatch (before any backward) when every micro-batch is skipped."""
         sums, first = LossSums(self.geometry.num_codebooks), None
-        pending, skipped = list(micro_batches), 0
-        while pending:
-            batch = self.prepare_batch(pending.pop(0))
+        last_used, fillers = None, 0
+        for index, cpu_batch in enumerate(micro_batches):
+            batch = self.prepare_batch(cpu_batch)
             out = self.engine(**batch, loss_weights=weights)
             self.monitor.observe_batch(batch, out)
             if not _all_ranks_finite(out.loss, self.device):
                 self.monitor.observe_nonfinite_loss(batch, float(out.loss))
-                skipped += 1
-                if skipped > RETRIES_PER_MICRO_BATCH * len(micro_batches):
-                    raise HealthError(HealthCheck.NONFINITE_LOSS, (
-                        f"[health:nonfinite_loss] step {self.step + 1}: {skipped} micro-batches had a non-finite loss"
-                    ))  # fmt: skip
-                pending.insert(0, self.batches.next_batch())
+                fillers += 1
                 continue
             if not out.loss.requires_grad:
                 raise HealthError(HealthCheck.GRAD_NORM, (
@@ -233,9 +258,19 @@ class Trainer:
                 ))  # fmt: skip
             self.engine.backward(out.loss)
             sums.add(out, batch)
-            first = first or (batch, out)
-            if pending:
+            first, last_used = first or (batch, out), batch
+            if index < len(micro_batches) - 1 or fillers:  # more backward passes follow in this step
                 self.engine.step()
+        if fillers and last_used is None:
+            raise _NoUsableMicroBatch()
+        nothing = LossWeights(torch.zeros_like(weights.audio), 0.0)
+        for left in range(fillers, 0, -1):
+            self.engine.backward(self.engine(**last_used, loss_weights=nothing).loss)
+            if left > 1:
+                self.engine.step()
+        if fillers:
+            log.warning("step %d: %d of %d micro-batches skipped for a non-finite loss; the others keep the planned "
+                        "label counts as denominators", self.step + 1, fillers, len(micro_batches))  # fmt: skip
         return sums, first
 
     def _part_norms_due(self, step: int) -> bool:
@@ -355,7 +390,16 @@ class Trainer:
                     log.warning("stopping at step %d (%s) after saving a checkpoint", step, reason)
                     result.stopped_by = reason
                     break
+        except RuntimeError as err:
+            lost = self.peers.lost() if self.peers is not None and is_transport_error(err) else []
+            if lost:
+                first = str(err).strip().splitlines()[0][:200]
+                raise PeerLost(f"lost {self.peers.describe(lost)} at step {self.step + 1} ({first}); the run "
+                               "stopped: restart it with --resume") from err  # fmt: skip
+            raise
         finally:
+            if self.peers is not None:
+                self.peers.stop()
             self.batches.close()  # DataLoader workers end before the rank exits (see BatchStream.close)
             stopper.restore()
             self.metrics.close()

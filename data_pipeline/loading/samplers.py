@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -103,6 +104,12 @@ class PositionalBatchSampler(Sampler[list[int]]):
             self.consumed = consumed
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The permutation seed of one epoch, from (seed, epoch) without collisions: `seed + epoch` made seed 0's epoch 1
+    the same shuffle as seed 1's epoch 0. Same for every rank (the epoch's micro-batches are dealt to ranks after)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 class ResumableBatchSampler(PositionalBatchSampler):
     """Yields lists of dataset indices, `batch_size` each, forever (epochs follow each other)."""
 
@@ -124,7 +131,7 @@ class ResumableBatchSampler(PositionalBatchSampler):
 
     def global_batch(self, epoch: int, position: int) -> list[int]:
         if self._order is None or self._order[0] != epoch:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._order = (epoch, torch.randperm(self.num_examples, generator=gen).tolist())
         start = position * self.batch_size
         return self._order[1][start : start + self.batch_size]
@@ -201,7 +208,7 @@ class TokenBudgetBatchSampler(PositionalBatchSampler):
         """All ranks' micro-batches of one epoch, in dealing order (rank r takes positions r, r + W, ...)."""
         if self._epoch_cache and self._epoch_cache[0] == epoch:
             return self._epoch_cache[1]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         lengths = self.lengths_of(epoch)
         order = torch.randperm(len(lengths), generator=gen).tolist()
         mean = float(lengths.float().mean())

@@ -2,9 +2,11 @@
 
 `BatchStream` owns the sampler and the DataLoader: it skips rows that failed to load (logging and counting them, and
 stopping past `data.max_bad_fraction`), measures how long the loop waited for data, and saves/restores the data
-position as a checkpoint component. `add_tap` is the public seam through which tests (and users) see or change each
-collated batch before it reaches the device; `screen` (the health monitor's batch checks) runs after the taps and may
-drop samples, or the whole micro-batch.
+position as a checkpoint component. A reason to stop found here (too many bad rows, the monitor's halt on micro-
+batches with no usable sample) goes to `report` when one is given, so that every rank stops together (see
+components/agreement.py); `next_batch` then returns None. `add_tap` is the public seam through which tests (and
+users) see or change each collated batch before it reaches the device; `screen` (the health monitor's batch checks)
+runs after the taps and may drop samples, or the whole micro-batch.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from collections.abc import Callable, Iterator
 
 from torch.utils.data import DataLoader
 
+from data_pipeline.errors import InputError
 from data_pipeline.loading.samplers import PositionalBatchSampler
 from data_pipeline.types import BadSample
+from ds_train.monitor.health import HealthError
 
 log = logging.getLogger("ds_train")
 MIN_ROWS_BEFORE_BAD_FRACTION = 100  # rows seen before data.max_bad_fraction can stop a run
@@ -24,7 +28,7 @@ MIN_ROWS_BEFORE_BAD_FRACTION = 100  # rows seen before data.max_bad_fraction can
 Tap = Callable[[int, dict], dict]  # (index of the batch since the tap was added, collated batch) -> batch
 
 
-class TooManyBadRows(RuntimeError):
+class TooManyBadRows(InputError):
     """More than `data.max_bad_fraction` of the rows seen failed to load."""
 
 
@@ -32,11 +36,14 @@ class BatchStream:
     def __init__(
         self, sampler: PositionalBatchSampler, make_loader: Callable[[PositionalBatchSampler], DataLoader],
         max_bad_fraction: float, screen: Callable[[dict], dict] | None = None,
+        report: Callable[[Exception], None] | None = None,
     ) -> None:  # fmt: skip
         self.sampler = sampler
         self._make_loader = make_loader
         self.max_bad_fraction = max_bad_fraction
         self.screen = screen
+        self.report = report
+        self.halted = False  # a reason to stop was reported: no more batches
         self.fetched = 0  # micro-batches taken from the loader (the data position)
         self.rows_seen = 0  # rows fetched, and how many of them failed to load
         self.bad_samples = 0
@@ -49,9 +56,10 @@ class BatchStream:
         count = iter(range(1 << 62))
         self._taps.append(lambda batch: tap(next(count), batch))
 
-    def next_batch(self) -> dict:
-        """The next collated micro-batch (CPU tensors) with at least one loadable row; failed rows removed."""
-        while True:
+    def next_batch(self) -> dict | None:
+        """The next collated micro-batch (CPU tensors) with at least one loadable row, failed rows removed; None once
+        a reason to stop was reported."""
+        while not self.halted:
             if self._batches is None:  # created on first use, after a checkpoint may have moved the sampler
                 self.sampler.consumed = self.fetched
                 self._batches = iter(self._make_loader(self.sampler))
@@ -66,11 +74,22 @@ class BatchStream:
             if batch.get("empty"):
                 continue
             if self.screen is not None:
-                batch = self.screen(batch)
+                try:
+                    batch = self.screen(batch)
+                except HealthError as err:
+                    self._stop(err)
+                    break
             if not batch.get("empty"):
                 return batch
+        return None
 
-    def next_batches(self, count: int) -> list[dict]:
+    def _stop(self, err: Exception) -> None:
+        if self.report is None:
+            raise err
+        self.report(err)
+        self.halted = True
+
+    def next_batches(self, count: int) -> list[dict | None]:
         return [self.next_batch() for _ in range(count)]
 
     def close(self) -> None:
@@ -95,10 +114,10 @@ class BatchStream:
             log.warning("skipped sample %s: %s", sample.sample_id, sample.reason)
         fraction = self.bad_samples / max(1, self.rows_seen)
         if bad and self.rows_seen >= MIN_ROWS_BEFORE_BAD_FRACTION and fraction > self.max_bad_fraction:
-            raise TooManyBadRows(
+            self._stop(TooManyBadRows(
                 f"{self.bad_samples} of {self.rows_seen} rows failed to load ({fraction:.1%} > "
                 f"data.max_bad_fraction={self.max_bad_fraction}); last: {bad[-1].sample_id}: {bad[-1].reason}"
-            )
+            ))  # fmt: skip
 
     def state_dict(self) -> dict:
         """The data position after the micro-batches fetched so far (a DataLoader prefetching ahead has pulled more

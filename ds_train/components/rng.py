@@ -1,4 +1,9 @@
-"""Random-number state: seeding a run, and every rank's generator states as a checkpoint component."""
+"""Random-number state: seeding a run, and this rank's generator states as a checkpoint component.
+
+Every rank builds the model from the same seed (identical initial weights, whatever DeepSpeed broadcasts), then draws
+from its own stream: `rank_seed(seed, rank)` gives each rank different dropout / LoRA-dropout masks and DataLoader
+worker seeds (torch derives those from the rank's generator), with no collision between (seed, rank) pairs.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,18 @@ import random
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank `rank`'s training seed: a hash of (seed, rank), so seed 0 rank 1 is not seed 1 rank 0. Fits numpy's
+    32-bit seed range."""
+    return int(np.random.SeedSequence([seed, rank, 0x52414E4B]).generate_state(1)[0])
 
 
 def _local_state() -> dict:
@@ -31,20 +41,16 @@ def _set_local_state(state: dict) -> None:
 
 
 class RNGState:
-    """Checkpoint component: `state_dict()` gathers every rank's generator states (a collective: all ranks call it),
-    `load_state_dict` restores this rank's (rank 0's when the checkpoint had fewer ranks)."""
+    """Checkpoint component: this rank's generator states (the checkpointer keeps every rank's component states)."""
 
-    def __init__(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
 
     def state_dict(self) -> dict:
-        states: list = [None] * self.world_size
-        if dist.is_initialized():
-            dist.all_gather_object(states, _local_state())
-        else:
-            states = [_local_state()]
-        return {"per_rank": states}
+        return _local_state()
 
     def load_state_dict(self, state: dict) -> None:
-        states = state["per_rank"]
-        _set_local_state(states[self.rank] if self.rank < len(states) else states[0])
+        if "per_rank" in state:  # checkpoints of client format 2 gathered every rank's states here
+            states = state["per_rank"]
+            state = states[self.rank] if self.rank < len(states) else states[0]
+        _set_local_state(state)

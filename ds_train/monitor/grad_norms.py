@@ -20,8 +20,24 @@ def full_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
     return grad if grad is not None else param.grad
 
 
-def full_param(param: torch.nn.Parameter) -> torch.Tensor:
-    """The fp32 master copy where DeepSpeed keeps one, else the parameter itself."""
+def fp32_masters(optimizer) -> dict[int, torch.Tensor]:
+    """id(model parameter) -> its fp32 master copy, for the optimizer wrapper `safe_get_full_fp32_param` does not know:
+    ZeRO-0 in bf16/fp16 (`FP16_UnfusedOptimizer`) keeps the masters in `fp32_groups`, beside the model's `fp16_groups`.
+    Empty for every other wrapper."""
+    low, high = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
+    if not isinstance(low, list) or not isinstance(high, list):
+        return {}
+    return {
+        id(param): master for low_group, high_group in zip(low, high, strict=False)
+        for param, master in zip(low_group, high_group, strict=False)
+        if isinstance(master, torch.Tensor) and master.dtype == torch.float32 and master.shape == param.shape
+    }  # fmt: skip
+
+
+def full_param(param: torch.nn.Parameter, masters: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The fp32 master copy where DeepSpeed keeps one (`masters`: see fp32_masters), else the parameter itself."""
+    if masters and id(param) in masters:
+        return masters[id(param)].detach()
     value = safe_get_full_fp32_param(param)
     return value if value is not None else param.detach().float()
 

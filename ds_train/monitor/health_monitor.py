@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ds_train.components.agreement import gather_objects
 from ds_train.components.schedule import ROLE_ALIGN, group_lr_at, highest_lr, is_held
 from ds_train.config import MonitorSection
 from ds_train.model.parts import part_of
@@ -86,6 +87,17 @@ STEP_CHECKS = (
 MAX_UNUSABLE_MICRO_BATCHES = 100  # fully dropped micro-batches in a row before the run stops whatever the policy
 
 
+def first_findings(per_rank: list[dict]) -> dict:
+    """{check: (message, sample ids)} of every rank -> for each check, the first rank's that saw it, naming the rank."""
+    found: dict = {}
+    for rank, findings in enumerate(per_rank):
+        for check, (message, ids) in findings.items():
+            if check not in found:
+                where = f" [rank {rank}]" if len(per_rank) > 1 else ""
+                found[check] = (message + where, ids)
+    return found
+
+
 class HealthMonitor:
     """Screens each micro-batch (dropping failing samples), collects per-micro-batch observations for a step, then
     reports each check once per optimizer step, the same way on every rank."""
@@ -97,6 +109,8 @@ class HealthMonitor:
         self.rules = rules
         self.device = device
         self.schedule = schedule  # None when the DeepSpeed JSON brings its own scheduler
+        # fp32 masters that DeepSpeed's accessor does not reach (ZeRO-0 in bf16): params_unchanged reads these
+        self.masters: dict[int, torch.Tensor] = {}
         self.consecutive: dict[HealthCheck, int] = defaultdict(int)
         self.failures: dict[HealthCheck, int] = defaultdict(int)
         self.skipped_micro_batches = 0
@@ -190,13 +204,15 @@ class HealthMonitor:
                 if part not in smallest or numel < smallest[part][0]:
                     smallest[part] = (numel, name, param)
         for _, name, param in smallest.values():
-            self._snapshots[name] = full_param(param).detach().clone()
+            self._snapshots[name] = full_param(param, self.masters).detach().clone()
 
     def end_step(self, step: int, module: torch.nn.Module, grad_norm: float, lr_scheduled: float, lr: float) -> None:
         """After the step: report every step check once (pass or fail) so consecutive counts are per step. Ranks
         agree on which checks failed (a halt must stop every rank, not leave the others waiting in a collective)."""
         params = dict(module.named_parameters())
-        unchanged = [n for n, before in self._snapshots.items() if torch.equal(before, full_param(params[n]).detach())]
+        unchanged = [
+            n for n, before in self._snapshots.items() if torch.equal(before, full_param(params[n], self.masters))
+        ]
         pending, self._pending = self._pending, {}
         found: dict[HealthCheck, tuple[str, tuple[str, ...]]] = {}
         for check, items in pending.items():
@@ -214,8 +230,10 @@ class HealthMonitor:
         if low:
             found[HealthCheck.LR_LOW] = (low, ())
         failed = self._agreed({check: check in found for check in STEP_CHECKS})
+        if any(failed.values()):  # every rank reports (and a halt stops with) the same message: the first rank's
+            found = first_findings(gather_objects({c: found[c] for c in STEP_CHECKS if c in found}))
         for check in STEP_CHECKS:
-            message, ids = found.get(check, ("failed on another rank (see its log for the samples)", ()))
+            message, ids = found.get(check, ("", ()))
             self._report(check, step, message, ids, failed=failed[check])
 
     def _lr_low(self, step: int, lr: float) -> str:

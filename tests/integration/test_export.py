@@ -11,9 +11,11 @@ import pytest
 import torch
 from transformers import HiggsAudioV2ForConditionalGeneration
 
+from ds_train.components.checkpoint import load_checkpoint_model
 from ds_train.config import RunConfig
 from ds_train.export import WHISPER_SUBDIR, export
 from ds_train.model.build import build_model, build_tokenizer
+from ds_train.monitor.health import HealthCheck
 from ds_train.trainer import Trainer
 from tests.helpers import CONFIGS, make_config
 
@@ -99,3 +101,29 @@ def test_export_cli(assets, tmp_path: Path) -> None:
     proc = run_command([sys.executable, "-m", "ds_train", "export", "--checkpoint", ckpts,
                         "--out", str(tmp_path / "exported")])  # fmt: skip
     assert "exported to" in proc.stdout and (tmp_path / "exported" / "config.json").is_file()
+
+
+def test_zero0_bf16_reads_the_fp32_masters_in_export_and_params_unchanged(assets, tmp_path: Path) -> None:
+    """Issue 22 §4: under ZeRO-0 in bf16 (DeepSpeed's FP16_UnfusedOptimizer) the trained weights are the fp32 masters
+    in the optimizer. Export wrote the bf16 module weights (7e-5 off) and params_unchanged read them: at LR 1e-4 an
+    update smaller than bf16's resolution left them equal and the check fired although the masters moved."""
+    ds = json.loads((CONFIGS / "zero2_fp32.json").read_text())
+    ds["zero_optimization"] = {"stage": 0}
+    ds["bf16"] = {"enabled": True}
+    ds.pop("fp16", None)
+    (tmp_path / "zero0_bf16.json").write_text(json.dumps(ds))
+    cfg = make_config(assets, tmp_path / "run", "train.max_steps=2", "train.lr=1e-4", "train.min_lr=1e-6",
+                      "train.warmup_steps=1", f"train.deepspeed_config={tmp_path / 'zero0_bf16.json'}",
+                      "monitor.on_params_unchanged=halt", "monitor.halt_after=1", "monitor.part_norms_every=1",
+                      "whisper.enabled=false")  # fmt: skip
+    trainer = Trainer(cfg)
+    assert type(trainer.optimizer).__name__ == "FP16_UnfusedOptimizer"
+    trainer.fit()  # raised HealthError(params_unchanged) before
+    assert trainer.monitor.failures[HealthCheck.PARAMS_UNCHANGED] == 0
+    masters = {n: trainer.monitor.masters[id(p)] for n, p in trainer.engine.module.named_parameters()
+               if id(p) in trainer.monitor.masters}  # fmt: skip
+    assert masters
+    model, *_ = load_checkpoint_model(tmp_path / "run")
+    exported = dict(model.named_parameters())
+    worst = max(float((exported[n].detach() - m).abs().max()) for n, m in masters.items())
+    assert worst == 0.0, worst

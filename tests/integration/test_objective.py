@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import torch
+from deepspeed.utils import safe_get_full_grad
 
 from data_pipeline.loading.samplers import TokenBudgetBatchSampler
+from ds_train.components.batch_stream import BatchStream
+from ds_train.model.loss import LabelCounts, LossSums, LossWeights
 from ds_train.trainer import Trainer
 from tests.helpers import REPO, command_env, free_port
 from tests.integration._two_rank_gradient import EXAMPLES, RANK_EXAMPLES, gradient_config, step_gradient
@@ -65,3 +68,34 @@ def test_gradient_across_two_ranks_equals_the_whole_batch(assets, prepared_corpu
     # What DeepSpeed's plain average of per-rank means would give: far from the token-weighted gradient.
     per_rank_mean = (halves[0][0] + halves[1][0]) / 2
     assert _close(whole, per_rank_mean) > 1e-3
+
+
+def _gradient_with(trainer: Trainer, batches: list[dict], weights: LossWeights) -> tuple[torch.Tensor, LossSums]:
+    """forward_backward of `batches` (fed through the trainer's BatchStream, one more queued behind them) with
+    `weights` -> (the full gradient, flattened; the sums)."""
+    spare = batches[-1]
+    trainer.batches = BatchStream(trainer.batches.sampler, lambda _: iter([*batches, spare]), 1.0)
+    micro_batches = trainer.batches.next_batches(len(batches))
+    sums, _ = trainer.forward_backward(micro_batches, weights)
+    params = [p for p in trainer.engine.module.parameters() if p.requires_grad]
+    return torch.cat([safe_get_full_grad(p).detach().flatten().clone() for p in params]), sums
+
+
+def test_a_skipped_micro_batch_takes_nothing_of_the_next_step(assets, prepared_corpus, tmp_path: Path) -> None:
+    """Issue 22 §4: a micro-batch with a non-finite loss was replaced by the next step's first micro-batch. Now the
+    step is its 3 usable micro-batches, with the planned step's label counts as denominators, exactly, and the data
+    position does not move past the step."""
+    groups = [EXAMPLES[i : i + 2] for i in range(0, 8, 2)]
+    trainer = Trainer(gradient_config(prepared_corpus, assets.codec_file, tmp_path / "skip", 4))
+    data = trainer.data
+    batches = [data.collator([data.dataset[i] for i in group]) for group in groups]
+    planned = LabelCounts.of_step(batches, False, trainer.device)
+    poisoned = {**batches[1], "whisper_input_features": batches[1]["whisper_input_features"] * float("nan")}
+    skipped, sums = _gradient_with(trainer, [batches[0], poisoned, *batches[2:]], LossWeights.for_step(planned, 4, 1))
+    assert trainer.batches.fetched == 4 and trainer.monitor.skipped_micro_batches == 1
+
+    used = [batches[0], *batches[2:]]
+    reference = Trainer(gradient_config(prepared_corpus, assets.codec_file, tmp_path / "used", 3))
+    expected, used_sums = _gradient_with(reference, used, LossWeights.for_step(planned, 3, 1))
+    assert _close(expected, skipped) < 1e-6
+    assert sums.loss == used_sums.loss  # train/loss: the objective's value over the micro-batches used

