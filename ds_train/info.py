@@ -171,7 +171,7 @@ def memory_plan(
         chunks = examples
         token_note += f"; {chunks} Whisper chunk(s) of 30 s through the trainable encoder"
     checkpointing = cfg.train.activation_checkpointing
-    act = activation_gib(llm_shape, tokens, checkpointing, whisper_shape, chunks)
+    act = activation_gib(llm_shape, tokens, checkpointing, whisper_shape, chunks, bf16)
     total = states.gpu_gib + act + RUNTIME_OVERHEAD_GIB
 
     offload = [name for name, on in (("optimizer", off_opt), ("params", off_param and stage == 3)) if on]

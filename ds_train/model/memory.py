@@ -8,13 +8,13 @@ Method (docs/FINETUNE.md "Memory plan"):
   ZeRO-2 also the gradients, ZeRO-3 also the weights. `offload_optimizer` moves the optimizer state and the gradient
   partition to host RAM (the GPU keeps one reduce bucket of gradients); `offload_param` (ZeRO-3) keeps on the GPU at
   most `stage3_max_live_parameters` gathered weights.
-- Activations per token and decoder layer, bf16, what autograd keeps for backward in a Llama layer with SDPA attention:
-  2 x (10 h + 2 kv + 4 i) bytes (h hidden, kv the K/V width, i the FFN width; the 10 h covers the norms' inputs and
-  outputs, Q, the attention output and the dual-FFN's gather/scatter copies; 4 i the gate, up, activation and
-  product). With activation checkpointing only each layer's input (2 h) is kept, plus one layer's full set while it is
-  recomputed. The audio head adds its fp32 logits and their gradient (2 x 4 x C x K bytes) per token (an upper bound:
-  only labelled positions get logits). A trainable Whisper encoder adds the same per-layer formula (GELU FFN: 2 x ffn)
-  over 1500 frames per 30 s chunk.
+- Activations per token and decoder layer, what autograd keeps for backward in a Llama layer with SDPA attention, in
+  bf16 (fp32 doubles it): 2 x (10 h + 2 kv + 4 i) bytes (h hidden, kv the K/V width, i the FFN width; the 10 h covers
+  the norms' inputs and outputs, Q, the attention output and the dual-FFN's gather/scatter copies; 4 i the gate, up,
+  activation and product). With activation checkpointing only each layer's input (2 h) is kept, plus one layer's full
+  set while it is recomputed. The audio head adds its fp32 logits and their gradient (2 x 4 x C x K bytes) per token
+  (an upper bound: only labelled positions get logits). A trainable Whisper encoder adds the same per-layer formula
+  (GELU FFN: 2 x ffn) over 1500 frames per 30 s chunk.
 - Runtime allowance: `RUNTIME_OVERHEAD_GIB` for the CUDA context, communication buffers and allocator fragmentation
   (assumed, not measured).
 """
@@ -93,15 +93,15 @@ class LayerShape:
     gated: bool = True  # SwiGLU (gate, up, act, product) vs a GELU FFN (fc1 out, act)
     head_logits: int = 0  # logits per token of a head computed in fp32 (audio: C x K)
 
-    def layer_bytes(self) -> float:
-        """Bytes per token one layer keeps for backward (bf16)."""
-        return 2.0 * (10 * self.hidden + 2 * self.kv_width + (4 if self.gated else 2) * self.ffn)
+    def layer_bytes(self, element: float = 2.0) -> float:
+        """Bytes per token one layer keeps for backward (`element` bytes per value: 2 in bf16, 4 in fp32)."""
+        return element * (10 * self.hidden + 2 * self.kv_width + (4 if self.gated else 2) * self.ffn)
 
-    def bytes_per_token(self, checkpointing: bool) -> float:
+    def bytes_per_token(self, checkpointing: bool, element: float = 2.0) -> float:
         head = 2 * 4.0 * self.head_logits
         if checkpointing:
-            return self.layers * 2.0 * self.hidden + self.layer_bytes() + head
-        return self.layers * self.layer_bytes() + head
+            return self.layers * element * self.hidden + self.layer_bytes(element) + head
+        return self.layers * self.layer_bytes(element) + head
 
 
 def activation_gib(
@@ -110,10 +110,12 @@ def activation_gib(
     checkpointing: bool,
     whisper: LayerShape | None = None,
     whisper_chunks: int = 0,
+    bf16: bool = True,
 ) -> float:
     """GiB of activations for one micro-batch of `tokens` padded tokens (and `whisper_chunks` 30 s chunks through a
-    trainable Whisper encoder)."""
-    total = tokens * llm.bytes_per_token(checkpointing)
+    trainable Whisper encoder), in bf16 (2 bytes per value) or fp32 (4)."""
+    element = 2.0 if bf16 else 4.0
+    total = tokens * llm.bytes_per_token(checkpointing, element)
     if whisper is not None and whisper_chunks:
-        total += whisper_chunks * WHISPER_FRAMES_PER_CHUNK * whisper.bytes_per_token(checkpointing)
+        total += whisper_chunks * WHISPER_FRAMES_PER_CHUNK * whisper.bytes_per_token(checkpointing, element)
     return total / GIB

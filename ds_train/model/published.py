@@ -63,6 +63,7 @@ CODEC_GEOMETRY: dict[str, object] = {
     "codebook_size": 1024,
     "num_codebooks": 8,
 }
+CODEC_MODEL_TYPE = "higgs_audio_v2_tokenizer"  # transformers' HiggsAudioV2TokenizerModel
 ORIGINAL_MODEL_TYPE = "higgs_audio"  # boson-ai's own format: convert it first (docs/FINETUNE.md)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -144,6 +145,11 @@ def check_codec_folder(folder: str | Path) -> list[Finding]:
     """Load the Higgs codec from `folder` (offline) and compare its geometry with the published codec's."""
     from data_pipeline.codecs import HiggsCodec
 
+    config_file = Path(folder) / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != CODEC_MODEL_TYPE:  # boson-ai's own codec config (n_filters, ratios, bins, n_q) has none
+            return [Finding("codec", "model_type", model_type or "missing", CODEC_MODEL_TYPE, True)]
     codec = HiggsCodec.from_pretrained(folder)
     have = {
         "sample_rate": codec.sample_rate,

@@ -71,6 +71,12 @@ def test_check_codec_names_a_codebook_difference(tmp_path: Path) -> None:
     tiny_higgs(codebook_size=512).save_pretrained(str(tmp_path / "codec512"))
     report = check_published_layout(None, tmp_path / "codec512")
     assert not report.layout_ok and "layout codec: codebook_size is 512, published 1024" in report.render()
+    original = tmp_path / "original_codec"  # boson-ai's own codec config (what the first release shipped)
+    original.mkdir()
+    (original / "config.json").write_text(json.dumps({"n_filters": 32, "D": 256, "ratios": [8, 5, 4, 2, 3],
+                                                      "sample_rate": 24000, "bins": 1024, "n_q": 8}))  # fmt: skip
+    report = check_published_layout(None, original)
+    assert "layout codec: model_type is 'missing', published 'higgs_audio_v2_tokenizer'" in report.render()
 
 
 def test_finetune_guide_commands_on_a_published_layout_folder(folders, assets, tmp_path: Path) -> None:
