@@ -3,7 +3,8 @@ offload), activations for a token budget (with or without activation checkpointi
 
 Method (docs/FINETUNE.md "Memory plan"):
 - Model states, the ZeRO paper's formulas: bf16 mixed precision keeps 2-byte weights and gradients and 12 bytes of
-  fp32 AdamW state (master weight, two moments) per *trainable* parameter; fp32 keeps 4 + 4 + 8. Frozen parameters
+  fp32 AdamW state (master weight, two moments) per *trainable* parameter; fp32 keeps 4 + 4 + 8 (+ 4 for the master
+  copy DeepSpeed's ZeRO-1/2 optimizer clones even then). Frozen parameters
   (LoRA's base weights, `model.freeze`) keep only their weights. ZeRO-1 partitions the optimizer state over the ranks,
   ZeRO-2 also the gradients, ZeRO-3 also the weights. `offload_optimizer` moves the optimizer state and the gradient
   partition to host RAM (the GPU keeps one reduce bucket of gradients); `offload_param` (ZeRO-3) keeps on the GPU at
@@ -67,6 +68,8 @@ def model_states(
         raise ValueError(f"ZeRO stage must be 0-3, got {stage}")
     n = float(world_size)
     w, g, o = (2.0, 2.0, 12.0) if bf16 else (4.0, 4.0, 8.0)
+    if not bf16 and stage in (1, 2):
+        o = 12.0  # DeepSpeed's ZeRO-1/2 optimizer clones an fp32 master partition even when the weights are fp32
     total = float(trainable + frozen)
     weights = total * w / (n if stage == 3 else 1.0)
     grads = trainable * g / (n if stage >= 2 else 1.0)

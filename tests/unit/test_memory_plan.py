@@ -73,10 +73,11 @@ def test_model_states_follow_the_zero_formulas() -> None:
     assert mem["zero1"] == pytest.approx((4 * p + 12 * p / 8) / GIB)
     assert mem["zero2"] == pytest.approx((2 * p + 14 * p / 8) / GIB)
     assert mem["zero3"] == pytest.approx(16 * p / 8 / GIB)
-    # frozen weights (LoRA's base) cost only their bf16 copy; fp32 is 4 + 4 + 8
+    # frozen weights (LoRA's base) cost only their bf16 copy; fp32 is 4 + 4 + 8, and 4 more under ZeRO-1/2
     lora = model_states(10_000_000, p, 2, 1)
     assert lora.weights == pytest.approx(2 * (p + 10_000_000)) and lora.optimizer == pytest.approx(12e7)
     assert model_states(p, 0, 0, 1, bf16=False).gpu_gib == pytest.approx(16 * p / GIB)
+    assert model_states(p, 0, 2, 1, bf16=False).gpu_gib == pytest.approx(20 * p / GIB)  # + the cloned fp32 master
     # offload: the optimizer partition (+ fp32 grads) moves to host RAM; ZeRO-3 params leave only the live window
     off = model_states(p, 0, 3, 1, offload_optimizer=True, offload_param=True, max_live_parameters=1e8)
     assert off.optimizer == 0 and off.weights == pytest.approx(2e8) and off.host == pytest.approx(16 * p + 2 * p)
