@@ -4,11 +4,11 @@ offload), activations for a token budget (with or without activation checkpointi
 Method (docs/FINETUNE.md "Memory plan"):
 - Model states, the ZeRO paper's formulas: bf16 mixed precision keeps 2-byte weights and gradients and 12 bytes of
   fp32 AdamW state (master weight, two moments) per *trainable* parameter; fp32 keeps 4 + 4 + 8 (+ 4 for the master
-  copy DeepSpeed's ZeRO-1/2 optimizer clones even then). Frozen parameters
-  (LoRA's base weights, `model.freeze`) keep only their weights. ZeRO-1 partitions the optimizer state over the ranks,
-  ZeRO-2 also the gradients, ZeRO-3 also the weights. `offload_optimizer` moves the optimizer state and the gradient
-  partition to host RAM (the GPU keeps one reduce bucket of gradients); `offload_param` (ZeRO-3) keeps on the GPU at
-  most `stage3_max_live_parameters` gathered weights.
+  copy DeepSpeed's ZeRO-1/2 optimizer clones even then). Frozen parameters (LoRA's base weights, `model.freeze`) keep
+  only their weights. ZeRO-1 partitions the optimizer state over the ranks, ZeRO-2 also the gradients (plus one
+  `reduce_bucket_size` bucket they are gathered in), ZeRO-3 also the weights. `offload_optimizer` moves the optimizer
+  state and the gradient partition to host RAM (the GPU keeps one reduce bucket of gradients); `offload_param`
+  (ZeRO-3) keeps on the GPU at most `stage3_max_live_parameters` gathered weights.
 - Activations per token and decoder layer, what autograd keeps for backward in a Llama layer with SDPA attention, in
   bf16 (fp32 doubles it): 2 x (10 h + 2 kv + 4 i) bytes (h hidden, kv the K/V width, i the FFN width; the 10 h covers
   the norms' inputs and outputs, Q, the attention output and the dual-FFN's gather/scatter copies; 4 i the gate, up,
@@ -34,7 +34,7 @@ DEFAULT_REDUCE_BUCKET = 5e8  # DeepSpeed's reduce_bucket_size default (elements)
 def zero_memory_per_gpu(num_params: int, world_size: int) -> dict[str, float]:
     """GiB per GPU for weights, gradients and AdamW state in bf16 mixed precision (2 + 2 + 12 bytes/param), per ZeRO
     stage, everything trainable, no offload, activations and buffers excluded."""
-    return {f"zero{stage}": model_states(num_params, 0, stage, world_size).gpu_gib for stage in range(4)}
+    return {f"zero{s}": model_states(num_params, 0, s, world_size, reduce_bucket=0).gpu_gib for s in range(4)}
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ def model_states(
     total = float(trainable + frozen)
     weights = total * w / (n if stage == 3 else 1.0)
     grads = trainable * g / (n if stage >= 2 else 1.0)
+    if stage >= 2:  # the contiguous reduce bucket that gradients are gathered in before reduction
+        grads += min(float(trainable), reduce_bucket) * g
     optimizer = trainable * o / (n if stage >= 1 else 1.0)
     host = 0.0
     if offload_optimizer:
