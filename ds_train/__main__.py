@@ -4,6 +4,8 @@ python -m ds_train train --config run.yaml [section.key=value ...] [--resume | -
 python -m ds_train demo [--steps N] [--output-dir DIR] [section.key=value ...]
 python -m ds_train doctor --config run.yaml [section.key=value ...]
 python -m ds_train info [--preset 3b] [--whisper large-v3|off]
+python -m ds_train info --config run.yaml --gpus N [--gpu-memory-gib G] [section.key=value ...]
+python -m ds_train info --check-model DIR [--codec-path DIR]
 
 Options and section.key=value overrides may come in any order. An expected error (config, missing file, bad input,
 bad checkpoint, world-size mismatch, health halt) prints one `error: ...` line and exits with its own code (README
@@ -94,18 +96,24 @@ def _main(argv: list[str]) -> int:
     p_eval.add_argument("--asr-model", default=None, help="local Whisper ASR model dir for the word error rate")
     p_eval.add_argument("--language", default=None, help="language the ASR transcribes in (e.g. en, zh)")
     p_eval.add_argument("--batch-size", type=int, default=8, help="lines generated together (greedy: same audio)")
-    p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset (meta device, no weights)")
+    p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset, a run's memory plan, or a "
+                            "model/codec folder against the published layout (meta device, no weights)")
     p_info.add_argument("--preset", default="3b")
     p_info.add_argument("--whisper", default="large-v3", help="whisper preset, or 'off'")
+    p_info.add_argument("--config", default=None, help="run config YAML: print its per-GPU memory plan")
+    p_info.add_argument("--gpus", type=int, default=1, help="with --config: data-parallel ranks (default 1)")
+    p_info.add_argument("--gpu-memory-gib", type=float, default=None, help="with --config: say whether it fits")
+    p_info.add_argument("--example-tokens", type=int, default=500,
+                        help="with --config: padded tokens per example assumed (default 500: 10 s ref + 10 s target)")
+    p_info.add_argument("--check-model", default=None, help="model folder to compare with the published layout")
+    p_info.add_argument("--codec-path", default=None, help="Higgs codec folder to compare with the published one")
+    p_info.add_argument("overrides", nargs="*", help="with --config: section.key=value")
     parser.add_argument("--traceback", action="store_true", help="on an expected error, show the full traceback")
     # The deepspeed launcher inserts --local_rank=N before the subcommand; LOCAL_RANK in the environment says the same.
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = _parse(parser, argv)
     if args.command == "info":
-        from ds_train.info import describe
-
-        print(describe(args.preset, None if args.whisper == "off" else args.whisper))
-        return 0
+        return _info(args)
     _setup_logging()
 
     if args.command == "train":
@@ -154,6 +162,35 @@ def _main(argv: list[str]) -> int:
             print("\n".join(demo.summary()))
         return 0
     return 2
+
+
+def _info(args: argparse.Namespace) -> int:
+    """`info`: a folder check (exit 5 when it is not the published layout), a run's memory plan, or a preset."""
+    from data_pipeline.errors import InputError, UsageError
+
+    if args.check_model or args.codec_path:
+        from ds_train.model.published import check_published_layout
+
+        report = check_published_layout(args.check_model, args.codec_path)
+        print(report.render())
+        if not report.layout_ok:
+            raise InputError("the folder(s) differ from the published layout (listed above); see docs/FINETUNE.md")
+        return 0
+    if args.config:
+        from ds_train.config import load_run_config
+        from ds_train.info import memory_plan
+
+        if args.gpus < 1:
+            raise UsageError(f"--gpus must be >= 1, got {args.gpus}")
+        cfg = load_run_config(args.config, args.overrides)
+        print(memory_plan(cfg, args.gpus, args.gpu_memory_gib, args.example_tokens, args.config).text)
+        return 0
+    if args.overrides:
+        raise UsageError("section.key=value overrides need --config")
+    from ds_train.info import describe
+
+    print(describe(args.preset, None if args.whisper == "off" else args.whisper))
+    return 0
 
 
 def _print_where(result) -> None:

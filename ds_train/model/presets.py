@@ -93,14 +93,3 @@ def whisper_config(preset: str) -> WhisperConfig:
         )
     return WhisperConfig(num_mel_bins=128, max_source_positions=1500, dropout=0.0, **WHISPER_PRESETS[preset])
 
-
-def zero_memory_per_gpu(num_params: int, world_size: int) -> dict[str, float]:
-    """GiB per GPU for weights, gradients and AdamW state in bf16 mixed precision (2 + 2 + 12 bytes/param), per ZeRO
-    stage, activations and buffers excluded (the ZeRO paper's model-state formulas)."""
-    p, n, gib = float(num_params), float(world_size), 2.0**30
-    return {
-        "zero0": 16 * p / gib,
-        "zero1": (4 * p + 12 * p / n) / gib,
-        "zero2": (2 * p + 14 * p / n) / gib,
-        "zero3": 16 * p / n / gib,
-    }

@@ -134,16 +134,20 @@ def test_whisper_on_without_reference_waveform_raises() -> None:
         _builder().build("noref", "r", _codes(3), "t", _codes(3), ref_wave_16k=torch.zeros(0))
 
 
-def test_layout_matches_transformers_higgs_audio_processor() -> None:
+@pytest.mark.parametrize("tokenizer", ["tiny", "published"])
+def test_layout_matches_transformers_higgs_audio_processor(tokenizer: str) -> None:
     """Our token ids, audio ids and masks against HiggsAudioV2Processor on the same conversation (whisper off; the
-    processor has no Whisper input), built offline from tiny parts: our tokenizer, a random-init Higgs codec."""
+    processor has no Whisper input), built offline from tiny parts: a random-init Higgs codec with the published
+    geometry and either the presets' tokenizer or one with the published special-token ids (tests/published_layout.py,
+    the layout docs/FINETUNE.md's check accepts)."""
     from transformers import DacFeatureExtractor
 
     from data_pipeline.codecs import HiggsCodec, tiny_higgs
+    from tests.published_layout import published_layout_tokenizer
 
     codec_model = tiny_higgs(seed=0)
     codec = HiggsCodec(codec_model)
-    tok = build_tiny_tokenizer()
+    tok = build_tiny_tokenizer() if tokenizer == "tiny" else published_layout_tokenizer()
     processor = HiggsAudioV2Processor(
         DacFeatureExtractor(sampling_rate=24000, hop_length=960), tok, codec_model,
         audio_stream_bos_id=codec.codebook_size, audio_stream_eos_id=codec.codebook_size + 1,
@@ -159,6 +163,8 @@ def test_layout_matches_transformers_higgs_audio_processor() -> None:
         audio=[ref.numpy(), tgt.numpy()], output_labels=True, return_tensors="pt", sampling_rate=24000,
     )  # fmt: skip
     assert torch.equal(theirs["input_ids"][0], ours.input_ids)
+    if tokenizer == "published":  # the published ids are the ones laid out: <|audio_out_bos|>, <|AUDIO_OUT|>
+        assert {128013, 128016} <= set(ours.input_ids.tolist())
     assert torch.equal(theirs["audio_input_ids"][0], ours.audio_frames)
     assert (
         theirs["audio_input_ids_mask"].all() and theirs["audio_input_ids_mask"].shape[1] == ours.audio_frames.shape[0]
