@@ -2,7 +2,8 @@
 
 Relative paths inside a YAML file are relative to that file's folder; paths given as overrides are relative to the
 current directory. `train.output_dir` is always relative to the current directory. A config is built once, by
-`RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is defined; values resolved
+`RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is defined (every numeric
+key declares the range it accepts with `ranged(...)` beside its default); values resolved
 at run time (the codec of a prepared set, the doctor's policies) make a new config with `with_overrides`, never a
 mutation.
 """
