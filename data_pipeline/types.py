@@ -5,7 +5,9 @@ The model may import this module (it holds no data-loading code); everything els
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +32,23 @@ class AudioGeometry:
     @property
     def model_codebook_size(self) -> int:
         return self.codec_codebook_size + 2
+
+
+# The keys of a HiggsAudioV2 model config (config.json) that must agree with the codec, in `geometry_mismatch`'s order.
+MODEL_GEOMETRY_KEYS = ("num_codebooks", "codebook_size", "audio_stream_bos_id", "audio_stream_eos_id")
+
+
+def geometry_mismatch(model_config: Mapping[str, Any], geometry: AudioGeometry) -> str | None:
+    """Why a model with this config (config.json's keys) cannot take the codec's codes; None when it can. Cheap: it
+    needs no weights, so it runs before any audio is encoded."""
+    expected = (geometry.num_codebooks, geometry.model_codebook_size, geometry.stream_bos, geometry.stream_eos)
+    have = tuple(model_config.get(k) for k in MODEL_GEOMETRY_KEYS)
+    if have == expected:
+        return None
+    return (
+        f"model has (num_codebooks, codebook_size, stream_bos, stream_eos) = {have} but the codec gives {expected} "
+        f"({geometry.num_codebooks} codebooks of {geometry.codec_codebook_size} codes + BOS/EOS)"
+    )
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,10 @@ def _main(argv: list[str]) -> int:
 
     if args.command == "train":
         from ds_train.config import load_run_config
+
+        cfg = load_run_config(args.config, args.overrides)  # before the trainer's imports: a bad config fails fast
         from ds_train.trainer import has_checkpoint, train
 
-        cfg = load_run_config(args.config, args.overrides)
         resume = args.resume or (args.auto_resume and has_checkpoint(cfg))
         result = train(cfg, resume=resume)
         _print_where(result)

@@ -2,7 +2,8 @@
 
 Relative paths inside a YAML file are relative to that file's folder; paths given as overrides are relative to the
 current directory. `train.output_dir` is always relative to the current directory. A config is built once, by
-`RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is defined; values resolved
+`RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is defined (every numeric
+key declares the range it accepts with `ranged(...)` beside its default); values resolved
 at run time (the codec of a prepared set, the doctor's policies) make a new config with `with_overrides`, never a
 mutation.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,50 @@ Policy = Literal["warn", "halt"]
 CHECK_POLICIES: tuple[str, ...] = typing.get_args(Policy)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key accepts: finite, within [low, high] (an end is excluded when `*_open`, absent
+    when None); `note` says what a special value (usually 0) means."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def ranged(default: float, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False, note: str = "") -> Any:  # fmt: skip
+    """A numeric config field with the range it accepts (checked by `_Section.validate`)."""
+    return field(default=default, metadata={"range": Range(low, high, low_open, high_open, note)})
+
+
+def numeric_range(f: dataclasses.Field) -> Range | None:
+    """The declared range of a numeric field (None for a non-numeric one, or one that lacks a range)."""
+    return f.metadata.get("range")
+
+
+def is_numeric(f: dataclasses.Field) -> bool:
+    return isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
+
+
 class _Section:
-    """Validation shared by the sections: `Literal` fields must hold one of their choices, then `check()` runs."""
+    """Validation shared by the sections: `Literal` fields must hold one of their choices, numeric fields must lie in
+    their declared `Range` (every numeric field declares one), then `check()` runs."""
 
     def validate(self, section: str) -> None:
         hints = typing.get_type_hints(type(self))
@@ -40,6 +84,13 @@ class _Section:
             if choices and value not in choices:
                 shown = ", ".join(repr(c) for c in choices)
                 raise ConfigError(f"{section}.{f.name} must be one of {shown}, got {value!r}")
+            if is_numeric(f):
+                allowed = numeric_range(f)
+                if allowed is None:  # a programming error: tests/unit/test_config.py walks every field
+                    raise TypeError(f"{section}.{f.name} is numeric but declares no range (use ranged())")
+                if value not in allowed:
+                    note = f" ({allowed.note})" if allowed.note else ""
+                    raise ConfigError(f"{section}.{f.name} must be {allowed}{note}, got {value!r}")
         self.check(section)
 
     def check(self, section: str) -> None:
@@ -66,15 +117,12 @@ class ModelSection(_Section):
     # Comma-separated parts to freeze: llm (attention + text FFN + norms), audio_ffn, audio_embed_head,
     # text_embed_head, whisper_encoder, projector (same names as the per-part gradient norms).
     freeze: str = ""
-    lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of the LLM weights; merged on export
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    # > 0 trains LoRA adapters (peft) instead of the LLM weights; merged on export
+    lora_rank: int = ranged(0, 0, note="0 = no LoRA")
+    lora_alpha: float = ranged(16.0, 0, low_open=True)
+    lora_dropout: float = ranged(0.0, 0, 1, high_open=True)
     # the one place the LoRA defaults live: attention, text FFN and audio FFN projections
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-
-    def check(self, section: str) -> None:
-        if self.lora_rank < 0:
-            raise ConfigError(f"{section}.lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
 
 
 @dataclass
@@ -91,20 +139,16 @@ class WhisperSection(_Section):
     # tower): for the first `align_steps` optimizer steps only the projector (and the encoder with `align_encoder`)
     # trains, at the constant LR `align_lr`; every other weight is held (LR 0). Then the normal warmup + cosine
     # schedule runs over the remaining train.max_steps - align_steps steps for everything the config unfreezes.
-    align_steps: int = 0
-    align_lr: float = 1e-4
+    align_steps: int = ranged(0, 0, note="0 = no alignment phase")
+    align_lr: float = ranged(1e-4, 0, low_open=True)
     align_encoder: bool = False
 
     def check(self, section: str) -> None:
-        if self.align_steps < 0:
-            raise ConfigError(f"{section}.align_steps must be >= 0 (0 = no alignment phase), got {self.align_steps}")
         if self.align_steps > 0 and not self.enabled:
             raise ConfigError(
                 f"{section}.align_steps={self.align_steps} needs {section}.enabled=true (it aligns the Whisper "
                 f"projector); set {section}.align_steps=0"
             )
-        if self.align_steps > 0 and not self.align_lr > 0:
-            raise ConfigError(f"{section}.align_lr must be > 0, got {self.align_lr}")
         if self.align_steps > 0 and self.align_encoder and not self.trainable:
             raise ConfigError(
                 f"{section}.align_encoder=true but {section}.trainable=false freezes the encoder; set one of them"
@@ -119,17 +163,20 @@ class DataSection(_Section):
     codec: Literal["dac", "higgs"] | None = None
     codec_path: str | None = None  # local codec weights
     prepared: str | None = None  # a data_pipeline.prepare output folder (used instead of manifest when set)
-    micro_batch_size: int = 4  # examples per micro-batch when max_tokens is 0
-    max_tokens: int = 0  # > 0: token-budget micro-batches (padded tokens per micro-batch), length-bucketed
-    num_workers: int = 1  # DataLoader worker processes (0 = load in the training process)
-    max_bad_fraction: float = 0.01  # stop when more than this fraction of rows failed to load (after 100 rows)
+    micro_batch_size: int = ranged(4, 1)  # examples per micro-batch when max_tokens is 0
+    # > 0: token-budget micro-batches (padded tokens per micro-batch), length-bucketed
+    max_tokens: int = ranged(0, 0, note="0 = micro_batch_size examples")
+    # DataLoader worker processes (0 = load in the training process)
+    num_workers: int = ranged(1, 0, note="0 = load in the training process")
+    # stop when more than this fraction of rows failed to load (after 100 rows)
+    max_bad_fraction: float = ranged(0.01, 0, 1)
     # Which reference each training example is cloned from: "fixed" (the manifest's pairing) or "same_speaker"
     # (per epoch, another stored utterance of its speaker lasting [reference_min_seconds, reference_max_seconds];
     # needs data.prepared and a `speaker` per row; data_pipeline/loading/reference_choice.py). Evaluation always uses
     # "fixed".
     reference: Literal["fixed", "same_speaker"] = "fixed"
-    reference_min_seconds: float = 1.0
-    reference_max_seconds: float = 30.0
+    reference_min_seconds: float = ranged(1.0, 0, low_open=True)
+    reference_max_seconds: float = ranged(30.0, 0, low_open=True)
     # Held-out evaluation set (ideally speakers the training set lacks): a manifest or a prepare output, same codec.
     eval_manifest: str | None = None
     eval_prepared: str | None = None
@@ -137,10 +184,6 @@ class DataSection(_Section):
     def check(self, section: str) -> None:
         if self.eval_manifest and self.eval_prepared:
             raise ConfigError(f"set {section}.eval_manifest or {section}.eval_prepared, not both")
-        if self.micro_batch_size < 1:
-            raise ConfigError(f"{section}.micro_batch_size must be >= 1, got {self.micro_batch_size}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"{section}.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.reference == "same_speaker" and not self.prepared:
             raise ConfigError(
                 f"{section}.reference=same_speaker needs {section}.prepared (a prepared set, whose rows carry their "
@@ -154,41 +197,31 @@ class DataSection(_Section):
 class TrainSection(_Section):
     deepspeed_config: str = "zero2_bf16.json"
     output_dir: str = "runs/default"
-    max_steps: int = 300  # optimizer steps
-    lr: float = 1e-3
-    min_lr: float = 1e-6  # the schedule never goes below this
-    warmup_steps: int = 10
-    gradient_accumulation_steps: int = 1
-    gradient_clipping: float = 1.0
-    weight_decay: float = 0.0
-    seed: int = 1234
-    log_every: int = 10
-    save_every: int = 100  # also saves at the last step, and on SIGTERM/SIGINT or the wall-time limit
-    eval_every: int = 100  # evaluate on data.eval_* every N steps and at the last step; 0 = never
+    max_steps: int = ranged(300, 1)  # optimizer steps
+    lr: float = ranged(1e-3, 0, low_open=True)
+    min_lr: float = ranged(1e-6, 0)  # the schedule never goes below this
+    warmup_steps: int = ranged(10, 0)
+    gradient_accumulation_steps: int = ranged(1, 1)
+    gradient_clipping: float = ranged(1.0, 0, note="0 = no clipping")
+    weight_decay: float = ranged(0.0, 0)
+    seed: int = ranged(1234, 0, 2**32 - 1)  # numpy's seed range
+    log_every: int = ranged(10, 1)
+    save_every: int = ranged(100, 1)  # also saves at the last step, and on SIGTERM/SIGINT or the wall-time limit
+    # evaluate on data.eval_* every N steps and at the last step; 0 = never
+    eval_every: int = ranged(100, 0, note="0 = never")
     keep_best: bool = True  # with an eval set: checkpoint each new best eval loss, kept apart from keep_last
-    keep_last: int = 3  # checkpoints kept (older ones are deleted); 0 keeps all
-    max_wall_minutes: float = 0.0  # save and stop cleanly after this long; 0 = no limit
+    keep_last: int = ranged(3, 0, note="0 keeps all")  # checkpoints kept (older ones are deleted)
+    # save and stop cleanly after this long
+    max_wall_minutes: float = ranged(0.0, 0, note="0 = no limit")
     # A rank that shows no sign of life this long (its process hangs, its host is cut off) ends the run with a line
-    # naming it (ds_train/components/peers.py); a dead one is named at the next collective. 0 = no watch.
-    peer_timeout_minutes: float = 2.0
+    # naming it (ds_train/components/peers.py); a dead one is named at the next collective.
+    peer_timeout_minutes: float = ranged(2.0, 0, note="0 = no watch")
     activation_checkpointing: bool = False  # recompute decoder-layer (and Whisper) activations in backward
     tensorboard: bool = True
     # Fault injection for resilience tests: rank 0 SIGKILLs itself right after saving this step (0 = off).
-    debug_kill_after_step: int = 0
+    debug_kill_after_step: int = ranged(0, 0, note="0 = off")
 
     def check(self, section: str) -> None:
-        if self.eval_every < 0:
-            raise ConfigError(f"{section}.eval_every must be >= 0 (0 = never), got {self.eval_every}")
-        if self.gradient_accumulation_steps < 1:
-            raise ConfigError(
-                f"{section}.gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}"
-            )
-        if self.lr <= 0:
-            raise ConfigError(f"{section}.lr must be > 0, got {self.lr}")
-        if self.peer_timeout_minutes < 0:
-            raise ConfigError(
-                f"{section}.peer_timeout_minutes must be >= 0 (0 = no watch), got {self.peer_timeout_minutes}"
-            )
         if self.min_lr > self.lr:
             raise ConfigError(
                 f"{section}.min_lr={self.min_lr:g} is above {section}.lr={self.lr:g}: the floor would replace the "
@@ -200,7 +233,7 @@ class TrainSection(_Section):
 class MonitorSection(_Section):
     """Health checks run every step; each is "warn" or "halt" (stop after `halt_after` consecutive failing steps)."""
 
-    halt_after: int = 3
+    halt_after: int = ranged(3, 1)
     # One policy per `HealthCheck` (ds_train/monitor/health.py), named on_<check>.
     # Checks on each collated micro-batch, before the model sees it; failing samples are dropped either way.
     on_whisper_features: Policy = "halt"  # Whisper on: a sample's reference features missing or silent, or unplaced
@@ -214,26 +247,29 @@ class MonitorSection(_Section):
     on_lr_low: Policy = "halt"  # LR far below the configured schedule, or a schedule that cannot learn
     # A reference is silent when every one of its Whisper chunks has an RMS below this (waveform, about -80 dBFS), or,
     # where only features exist, log-mel features whose standard deviation is below `silent_feature_std`.
-    silent_rms: float = 1e-4
-    silent_feature_std: float = 1e-3
-    lr_low_ratio: float = 0.1  # lr_low: applied LR < this x the configured schedule's LR at that step
-    lr_low_below: float = 1e-6  # lr_low: a schedule whose highest LR is below this cannot train
-    part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
-    decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
+    silent_rms: float = ranged(1e-4, 0)
+    silent_feature_std: float = ranged(1e-3, 0)
+    # lr_low: applied LR < this x the configured schedule's LR at that step
+    lr_low_ratio: float = ranged(0.1, 0, 1, low_open=True)
+    lr_low_below: float = ranged(1e-6, 0)  # lr_low: a schedule whose highest LR is below this cannot train
+    # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps
+    part_norms_every: int = ranged(10, 0, note="0 = never")
+    # decoded text and audio to TensorBoard every N steps (rank 0)
+    decode_every: int = ranged(100, 0, note="0 = never")
     # Each evaluation, rank 0 also generates (free-running, greedy) `generate_samples` eval examples (the first ones,
     # the same each time), each up to twice its real length and at most `generate_seconds`; it reports eval/gen_*
     # (stop rate, duration ratio, silence; ds_train/evaluation/generation_eval.py) and logs the first as TensorBoard
     # audio. Under ZeRO-3 every rank generates the same batch in step (no rank holds every weight). 0 = off.
-    generate_seconds: float = 10.0
-    generate_samples: int = 4
+    generate_seconds: float = ranged(10.0, 0, note="0 = off")
+    generate_samples: int = ranged(4, 0, note="0 = off")
     speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
     asr_model: str | None = None  # local transformers Whisper ASR dir: adds eval/gen_wer(_target)
     # Conditioning gain (ds_train/evaluation/conditioning.py): each evaluation also scores the eval set with another
     # speaker's reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
     # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.
     on_reference_ignored: Policy = "warn"
-    reference_ignored_after: int = 200
-    reference_ignored_below: float = 0.01
+    reference_ignored_after: int = ranged(200, 0)
+    reference_ignored_below: float = ranged(0.01, 0)
     conditioning_gain: bool = True  # False: no swapped scoring (1 eval pass fewer, 3 with Whisper), no check
 
     def policy(self, check: HealthCheck) -> Policy:
@@ -243,10 +279,6 @@ class MonitorSection(_Section):
         missing = [c.config_key for c in HealthCheck if not hasattr(self, c.config_key)]
         if missing:  # a check added to HealthCheck needs its policy field here
             raise ConfigError(f"{section} lacks policies {missing}")
-        if self.halt_after < 1:
-            raise ConfigError(f"{section}.halt_after must be >= 1, got {self.halt_after}")
-        if not 0 < self.lr_low_ratio <= 1:
-            raise ConfigError(f"{section}.lr_low_ratio must be in (0, 1], got {self.lr_low_ratio}")
 
 
 @dataclass
@@ -339,6 +371,8 @@ def _set(cfg: RunConfig, dotted: str, value: Any, base: Path | None) -> None:
             value = float(value)
         except ValueError:
             pass
+    if isinstance(value, bool) and not isinstance(default, bool) and default is not None:
+        raise ConfigError(f"{dotted} must be {type(default).__name__}, got {value!r}")  # YAML true is an int too
     if value is not None and default is not None and not isinstance(value, type(default)):
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -356,8 +390,34 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"run config {path} does not exist")
-        cfg = RunConfig.from_dict(yaml.safe_load(path.read_text()) or {}, path.parent.resolve(), str(path))
+        cfg = RunConfig.from_dict(_read_yaml(path) or {}, path.parent.resolve(), str(path))
     return cfg.with_overrides(overrides)
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; a file that is not UTF-8 or not YAML is a ConfigError naming its line and column."""
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: byte {err.start} is not UTF-8 ({err.reason}); re-save the file as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def _read_json(path: Path, key: str) -> dict[str, Any]:
+    """A JSON object file; invalid JSON is a ConfigError naming the file, line, column and the key that named it."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} ({key}): byte {err.start} is not UTF-8 ({err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} ({key}): invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} ({key}): top level must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
@@ -366,7 +426,7 @@ def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     path = Path(cfg.train.deepspeed_config)
     if not path.is_file():
         raise ConfigError(f"DeepSpeed config {path} does not exist (train.deepspeed_config)")
-    ds = json.loads(path.read_text())
+    ds = _read_json(path, "train.deepspeed_config")
     t = cfg.train
     wanted = {
         ("train_micro_batch_size_per_gpu",): cfg.data.micro_batch_size,

@@ -50,7 +50,10 @@ class DemoResult:
 
 
 def training_voices_gain(trainer: Trainer) -> dict[str, float]:
-    """The conditioning gain of the trained model on its own training set (all ranks take part)."""
+    """The conditioning gain of the trained model on its own training set (all ranks take part); {} (not measured)
+    when the run evaluates nothing (`train.eval_every=0` or `monitor.conditioning_gain=false`)."""
+    if trainer.evaluator is None or not trainer.cfg.monitor.conditioning_gain:
+        return {}
     evaluator = trainer.evaluator.with_dataset(trainer.data.dataset)
     gain = ConditioningGain(evaluator, trainer.data.layout, trainer.cfg.whisper.enabled, trainer.cfg.train.seed,
                             verbose=False)  # fmt: skip

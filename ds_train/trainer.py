@@ -25,7 +25,7 @@ from ds_train.components.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, 
 from ds_train.components.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
 from ds_train.components.distributed import device_for, init_distributed
 from ds_train.components.peers import PeerWatch, is_transport_error
-from ds_train.components.preflight import check_cpu_adam, warn_stale_build_locks
+from ds_train.components.preflight import check_cpu_adam, check_output_dir, warn_stale_build_locks
 from ds_train.components.rng import RNGState, rank_seed, seed_everything
 from ds_train.components.schedule import warmup_cosine
 from ds_train.components.stopping import GracefulStop
@@ -96,15 +96,14 @@ class Trainer:
         self.peers = None  # heartbeats: a rank that hangs or is cut off ends the run in bounded time
         if self.world_size > 1 and t.peer_timeout_minutes > 0:
             self.peers = PeerWatch(t.peer_timeout_minutes * 60).start()
+        self.out_dir = check_output_dir(t.output_dir)
         self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
         check_cpu_adam(self.ds_config, t.deepspeed_config)
         seed_everything(t.seed)  # the same on every rank until the model is built: identical initial weights
         self.cfg = cfg = resolve_codec(cfg)
-        self.out_dir = Path(t.output_dir).resolve()
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
         if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
         self.tokenizer = build_tokenizer(cfg)

@@ -180,7 +180,11 @@ def _chatml_row(
         elif "://" in raw:
             raise BadEntry(f"{name} audio is a remote URL ({raw}); download it first")
         written, absolute = manifest_path(raw, input_dir, manifest_dir)
-        if check_audio and not absolute.is_file():
+        try:
+            found = not check_audio or absolute.is_file()
+        except OSError as err:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+            raise BadEntry(f"{name} audio cannot be accessed: {absolute} ({err.strerror or err})") from None
+        if not found:
             raise BadEntry(f"{name} audio not found: {absolute}")
         paths[name] = written
 

@@ -9,7 +9,7 @@ python -m data_pipeline.importers split manifest.jsonl --eval-speakers N | --eva
 python -m data_pipeline.importers hf DATASET_OR_PARQUET [...] --out manifest.jsonl [--audio-dir DIR] [--split train]
                                   [--audio-column audio] [--text-column text] [--speaker-column speaker]
                                   [--id-column COL] [--seed 0] [--min-ref-seconds 3] [--max-ref-seconds 15]
-                                  [--rejects rejects.jsonl]
+                                  [--allow-absolute-paths] [--rejects rejects.jsonl]
 python -m data_pipeline.importers webdataset SHARDS [...] --out manifest.jsonl [--audio-dir DIR] [--text-field text]
                                   [--speaker-field speaker] [--seed 0] [--min-ref-seconds 3] [--max-ref-seconds 15]
                                   [--rejects rejects.jsonl]
@@ -22,7 +22,8 @@ Face `datasets` folder (`save_to_disk`; a DatasetDict's `--split`) or Parquet fi
 column; `webdataset` reads tar shards (Emilia style: `KEY.mp3` + `KEY.json`). Both stream the corpus, write each
 record's audio to `--audio-dir` (default `<out stem>_audio` next to the manifest; files already there with the same
 size are kept, so a rerun resumes) and pair utterances like `pairs`; `--speaker-column ''` / `--speaker-field ''`
-makes the corpus one speaker.
+makes the corpus one speaker. An `hf` audio cell without bytes names a file relative to its table's folder; a path
+that leaves the folder is a reject, and so is an absolute one unless `--allow-absolute-paths` is given.
 
 Path convention: an audio path given as absolute in the input stays absolute; a relative one (resolved against the
 input file's folder) is written relative to the output manifest's folder, so a corpus and its manifest can be moved
@@ -94,6 +95,9 @@ def _main(argv: list[str]) -> int:
     p_hf.add_argument("--text-column", default="text", help="column holding the transcript")
     p_hf.add_argument("--speaker-column", default="speaker", help="speaker column ('' = one speaker)")
     p_hf.add_argument("--id-column", default="", help="column of row ids (default: <table>_<row>)")
+    p_hf.add_argument("--allow-absolute-paths", action="store_true",
+                      help="read audio cells whose path is absolute (default: reject them; relative paths must stay "
+                      "inside the table's folder)")  # fmt: skip
     p_wds = sub.add_parser("webdataset", help="extract and pair WebDataset tar shards (audio + .json per key)")
     p_wds.add_argument("inputs", nargs="+", help="tar file(s), folder(s) of them or brace patterns (quoted)")
     p_wds.add_argument("--text-field", default="text", help="field of the .json holding the transcript")
@@ -121,7 +125,8 @@ def _main(argv: list[str]) -> int:
         if args.command == "hf":
             result = import_hf(args.inputs, args.out, split=args.split, audio_column=args.audio_column,
                                text_column=args.text_column, speaker_column=args.speaker_column,
-                               id_column=args.id_column, **common)  # fmt: skip
+                               id_column=args.id_column, allow_absolute_paths=args.allow_absolute_paths,
+                               **common)  # fmt: skip
         else:
             result = import_webdataset(args.inputs, args.out, text_field=args.text_field,
                                        speaker_field=args.speaker_field, **common)  # fmt: skip

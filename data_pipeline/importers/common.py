@@ -22,6 +22,7 @@ __all__ = [
     "ImportResult",
     "InputError",
     "check_row",
+    "json_line",
     "manifest_path",
     "require_file",
     "write_jsonl",
@@ -74,10 +75,26 @@ def manifest_path(raw: str, input_dir: Path, manifest_dir: Path) -> tuple[str, P
     return Path(rel).as_posix(), absolute
 
 
+def json_line(obj: Any) -> str:
+    """One JSONL line, UTF-8 text as it is; a value holding text that is not valid Unicode (a lone surrogate: a tar
+    member name of Latin-1 bytes, a JSON "\\udce9" escape) is written with JSON's \\u escapes instead, which keep it
+    exactly (json.loads gives the same string back)."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True)
+    return text
+
+
 def write_jsonl(path: Path, lines: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    try:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     # Rename so an interrupted import never leaves a half-written manifest behind.
     tmp.replace(path)
 
@@ -86,10 +103,10 @@ def write_result(
     result: ImportResult, out: str | Path, rejects_path: str | Path | None = None, position_key: str = "line"
 ) -> None:
     """Write the manifest and, if asked, the rejects (JSONL: source, <position_key>, id, reason)."""
-    write_jsonl(Path(out), [json.dumps(row, ensure_ascii=False) for row in result.rows])
+    write_jsonl(Path(out), [json_line(row) for row in result.rows])
     if rejects_path is not None:
         lines = [
-            json.dumps({"source": r.source, position_key: r.line, "id": r.id, "reason": r.reason}, ensure_ascii=False)
+            json_line({"source": r.source, position_key: r.line, "id": r.id, "reason": r.reason})
             for r in result.rejects
         ]
         write_jsonl(Path(rejects_path), lines)

@@ -5,9 +5,10 @@ another utterance of the same speaker as its voice reference (`pairs.pair_uttera
 The tables are read with pyarrow in small record batches (Arrow files memory-mapped), so the corpus is never held in
 memory, and never decoded by `datasets` (no torchcodec or ffmpeg needed): the audio column holds the `Audio` feature's
 `{bytes, path}` and the encoded bytes are written as they are (see `extract`); a path without bytes is read from
-disk (relative to the table's folder); a decoded `{array, sampling_rate}` becomes a 16-bit wav. `Reject.line` holds the
-0-based row in its table file. A table without the named columns, or one that is not Parquet/Arrow, is an
-`InputError` naming the file; a bad row is a reject.
+disk, relative to the table's folder and never outside it (absolute paths only with `--allow-absolute-paths`); a
+decoded `{array, sampling_rate}` becomes a 16-bit wav. `Reject.line` holds the 0-based row in its table file. A table
+without the named columns, or one that is not Parquet/Arrow, is an `InputError` naming the file; a bad row (corrupt
+cells included) is a reject.
 """
 
 from __future__ import annotations
@@ -137,14 +138,37 @@ def _table_batches(path: Path, columns: Sequence[str]) -> Iterator[pa.RecordBatc
     yield from stream
 
 
-def _rows(path: Path, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """The named columns of each row as Python values, a few rows at a time."""
+def _cells(chunk: pa.RecordBatch, columns: Sequence[str]) -> dict[str, list[Any]]:
+    """The named columns of a chunk as Python lists, after a full check of their buffers (string cells must be valid
+    UTF-8, offsets inside their data): a corrupt table must not make Python decode garbage."""
+    for c in columns:
+        chunk.column(c).validate(full=True)
+    return {c: chunk.column(c).to_pylist() for c in columns}
+
+
+def _row_or_problem(chunk: pa.RecordBatch, i: int, columns: Sequence[str]) -> dict[str, Any] | str:
+    """Row `i` of a chunk that failed its check -> its values, or the reason it is unreadable."""
+    try:
+        return {c: values[0] for c, values in _cells(chunk.slice(i, 1), columns).items()}
+    except (pa.ArrowException, UnicodeDecodeError, SystemError, ValueError) as err:
+        return f"unreadable row ({type(err).__name__}: {err})"
+
+
+def _rows(path: Path, columns: Sequence[str]) -> Iterator[dict[str, Any] | str]:
+    """The named columns of each row as Python values, a few rows at a time; a row whose cells are corrupt (invalid
+    UTF-8 in a string, offsets outside the data) comes as the reason it cannot be read, the rows around it as values."""
     row = 0
     try:
         for batch in _table_batches(path, columns):
             for start in range(0, batch.num_rows, ROWS_PER_CHUNK):
                 chunk = batch.slice(start, ROWS_PER_CHUNK)
-                values = {c: chunk.column(c).to_pylist() for c in columns}
+                try:
+                    values = _cells(chunk, columns)
+                except (pa.ArrowException, UnicodeDecodeError, SystemError, ValueError):
+                    for i in range(chunk.num_rows):  # find the bad rows one by one
+                        yield _row_or_problem(chunk, i, columns)
+                        row += 1
+                    continue
                 for i in range(chunk.num_rows):
                     yield {c: values[c][i] for c in columns}
                     row += 1
@@ -152,7 +176,22 @@ def _rows(path: Path, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         raise InputError(f"{path}: unreadable at row {row} ({err})") from None
 
 
-def _audio(value: Any, table_dir: Path) -> EncodedAudio | RawAudio:
+def _local_audio(path: str, table_dir: Path, allow_absolute: bool) -> Path:
+    """A path cell -> the file it names: relative paths resolve under the table's folder and may not leave it (as
+    WebDataset member names stay inside --audio-dir); an absolute one only with `allow_absolute`."""
+    if os.path.isabs(path):
+        if not allow_absolute:
+            raise BadEntry(f"audio path {path!r} is absolute; pass --allow-absolute-paths to read files outside the "
+                           "table's folder")  # fmt: skip
+        return Path(path)
+    folder = os.path.abspath(table_dir)
+    local = os.path.normpath(os.path.join(folder, path))  # lexical: symlinked caches (the Hub's blobs) still work
+    if os.path.commonpath([folder, local]) != folder:
+        raise BadEntry(f"audio path {path!r} leads outside the table's folder {folder}")
+    return Path(local)
+
+
+def _audio(value: Any, table_dir: Path, allow_absolute: bool = False) -> EncodedAudio | RawAudio:
     """An audio cell -> encoded bytes or raw samples; BadEntry when there is no audio to take."""
     if value is None:
         raise BadEntry("audio is missing (null)")
@@ -170,10 +209,15 @@ def _audio(value: Any, table_dir: Path) -> EncodedAudio | RawAudio:
         return EncodedAudio(value["bytes"], name)
     if not isinstance(path, str) or not path:
         raise BadEntry("audio has neither bytes nor a path")
-    local = Path(path) if Path(path).is_absolute() else table_dir / path
-    if not local.is_file():
-        raise BadEntry(f"audio has no bytes and its path {path!r} is not a file")
-    return EncodedAudio(local.read_bytes(), name)
+    if "\x00" in path:
+        raise BadEntry(f"audio path {path!r} holds a NUL character")
+    local = _local_audio(path, table_dir, allow_absolute)
+    try:
+        if not local.is_file():
+            raise BadEntry(f"audio has no bytes and its path {path!r} is not a file")
+        return EncodedAudio(local.read_bytes(), name)
+    except OSError as err:  # a name too long, a file not readable
+        raise BadEntry(f"audio path {path!r} cannot be read ({err.strerror or err})") from None
 
 
 def import_hf(
@@ -190,9 +234,11 @@ def import_hf(
     min_ref_seconds: float = 3.0,
     max_ref_seconds: float = 15.0,
     show_progress: bool = True,
+    allow_absolute_paths: bool = False,
 ) -> ExtractResult:
     """Extract the audio of Hugging Face tables to `audio_dir` (default `<out stem>_audio`) and write the paired
-    manifest (+ rejects with a 0-based `row` key).
+    manifest (+ rejects with a 0-based `row` key). A path cell (audio without bytes) is read under its table's folder;
+    rows whose path leaves it are rejects, and so are absolute paths unless `allow_absolute_paths`.
 
     Without `speaker_column` the corpus is one speaker, named after the first input. Without `id_column` a row's id is
     `<table path without suffix>_<row>` (the path relative to the tables' common folder).
@@ -215,11 +261,16 @@ def import_hf(
             try:
                 for row, values in enumerate(_rows(table, columns)):
                     record_id = None
+                    if isinstance(values, str):
+                        writer.reject(source, row, None, values)
+                        bar.update()
+                        row += 1
+                        continue
                     try:
                         record_id = label_value(values[id_column], "id") if id_column else f"{label}_{row}"
                         text = text_value(values[text_column], "text")
                         speaker = label_value(values[speaker_column], "speaker") if speaker_column else single_speaker
-                        audio = _audio(values[audio_column], table.parent)
+                        audio = _audio(values[audio_column], table.parent, allow_absolute_paths)
                     except BadEntry as err:
                         writer.reject(source, row, record_id, str(err))
                     else:

@@ -106,11 +106,15 @@ def load_checked_audio(
     """
     limits.duration_range(role)  # a bad role is a caller bug: let its ValueError through
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir, exists, is_file = path.is_dir(), path.exists(), path.is_file()
+    except OSError as err:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+        raise RowError(f"{path}: cannot access the file ({err.strerror or err})") from None
+    if is_dir:
         raise RowError(f"{path}: is a directory, not an audio file")
-    if not path.exists():
+    if not exists:
         raise RowError(f"{path}: file not found")
-    if not path.is_file():
+    if not is_file:
         raise RowError(f"{path}: not a regular file")
     _check_header(path, limits, role)
 

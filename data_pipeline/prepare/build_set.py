@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +48,7 @@ from data_pipeline.prepare.utterance_store import (
     write_table_atomically,
     write_utterance_shard,
 )
+from data_pipeline.types import AudioGeometry, geometry_mismatch
 
 log = logging.getLogger("data_pipeline.prepare")
 
@@ -61,12 +63,7 @@ def whisper_pcm_for_run(run_config: str | Path | None) -> str:
                  "none: pass --run-config RUN.yaml or --whisper-pcm no to store only codes)")  # fmt: skip
         return "yes"
     path = Path(run_config)
-    if not path.is_file():
-        raise FileNotFoundError(f"run config {path} does not exist (--run-config)")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err}); fix it or pass --whisper-pcm yes|no") from None
+    doc = _run_config_doc(path)
     section = doc.get("whisper") if isinstance(doc, dict) else None
     enabled = section.get("enabled", LayoutOptions().whisper) if isinstance(section, dict) else LayoutOptions().whisper
     if not isinstance(enabled, bool):
@@ -74,6 +71,41 @@ def whisper_pcm_for_run(run_config: str | Path | None) -> str:
     log.info("--whisper-pcm auto: %s has whisper.enabled=%s, so the reference PCM is %s", path,
              str(enabled).lower(), "kept" if enabled else "not stored")  # fmt: skip
     return "yes" if enabled else "no"
+
+
+def _run_config_doc(path: Path) -> Any:
+    """The `--run-config` YAML as parsed (prepare reads only the keys it needs; the trainer validates the rest)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"run config {path} does not exist (--run-config)")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid YAML ({err}) (--run-config)") from None
+
+
+def check_run_geometry(run_config: str | Path | None, geometry: AudioGeometry) -> None:
+    """The model of `--run-config` (its `model.path` config.json) must take this codec's codes: checked before any
+    audio is encoded, so a mismatch costs seconds, not the whole encoding. A preset (no model.path) fits any codec."""
+    if run_config is None:
+        return
+    path = Path(run_config)
+    doc = _run_config_doc(path)
+    model = doc.get("model") if isinstance(doc, dict) else None
+    model_path = model.get("path") if isinstance(model, dict) else None
+    if not isinstance(model_path, str) or not model_path:
+        return
+    config_file = path.parent / model_path / "config.json"  # relative to the YAML's folder, as the trainer reads it
+    try:
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        log.warning("--run-config %s: %s not found here, so the model's codebooks are not checked", path, config_file)
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{config_file} (model.path of --run-config {path}): unreadable ({err})") from None
+    problem = geometry_mismatch(model_config if isinstance(model_config, dict) else {}, geometry)
+    if problem:
+        raise UsageError(f"--run-config {path}: model.path {model_path}: {problem}; prepare with the codec the model "
+                         "was trained with (--codec, --codec-path)")  # fmt: skip
 
 
 @dataclass
@@ -132,6 +164,7 @@ def prepare(cfg: PrepareConfig, rank: int = 0, world_size: int = 1, show_progres
     rows, parse_rejects = read_manifest(cfg.manifest)
     total = len(rows) + len(parse_rejects)
     codec = load_codec(cfg.codec, cfg.codec_path, cfg.device)
+    check_run_geometry(cfg.run_config, AudioGeometry(codec.num_codebooks, codec.codebook_size))
     meta = _dataset_meta(cfg, codec, total)
     meta_path = out / DATASET_FILE
     if meta_path.is_file():

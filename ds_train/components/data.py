@@ -24,7 +24,7 @@ from data_pipeline.prepare.shards import read_prepared_meta
 from data_pipeline.types import AudioGeometry
 from ds_train.components.stopping import worker_init_fn
 from ds_train.config import ConfigError, RunConfig
-from ds_train.model.build import build_codec
+from ds_train.model.build import build_codec, check_model_geometry
 
 log = logging.getLogger("ds_train")
 DEFAULT_CODEC = "dac"  # for a manifest when data.codec is unset
@@ -53,6 +53,17 @@ class BatchPreparer:
         return attach_features(to_device(batch, self.device), self.log_mel)
 
 
+def check_data_files(cfg: RunConfig) -> None:
+    """A manifest or codec file the config names but the disk lacks is a missing file naming its key (the readers
+    further down only know the path)."""
+    d = cfg.data
+    used = {"data.manifest": None if d.prepared else d.manifest, "data.eval_manifest": d.eval_manifest,
+            "data.codec_path": d.codec_path}  # fmt: skip
+    for key, path in used.items():
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{key} {path} does not exist")
+
+
 def resolve_codec(cfg: RunConfig) -> RunConfig:
     """The config with `data.codec` (and `data.codec_path`) settled: a prepared set's own codec, or "dac" for a
     manifest. A prepared set's codes mean something only with the codec that made them: an explicit `data.codec` of
@@ -60,6 +71,7 @@ def resolve_codec(cfg: RunConfig) -> RunConfig:
     d = cfg.data
     if not d.prepared and not d.manifest:
         raise ConfigError("set data.prepared (a data_pipeline.prepare output) or data.manifest (a JSONL manifest)")
+    check_data_files(cfg)
     codec, codec_path = d.codec, d.codec_path
     if d.prepared:
         meta = read_prepared_meta(d.prepared)
@@ -132,6 +144,7 @@ def build_run_data(cfg: RunConfig, tokenizer, rank: int) -> RunData:
     d = cfg.data
     codec = build_codec(cfg)
     geometry = AudioGeometry(codec.num_codebooks, codec.codebook_size)
+    check_model_geometry(cfg, geometry)  # before the manifests are encoded (minutes on a large one)
     layout = build_layout(cfg, tokenizer, geometry)
     reference = ReferencePolicy(d.reference, d.reference_min_seconds, d.reference_max_seconds, cfg.train.seed)
     dataset = _open_dataset(d.prepared, d.manifest, codec, layout, rank, reference)

@@ -106,3 +106,23 @@ def warn_stale_build_locks(root: Path | None = None) -> None:
             age / 60,
             lock.parent.name,
         )
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Create `train.output_dir` (every rank: each writes its checkpoint shards there) and prove it takes a file, so a
+    path under a plain file or a read-only folder is one config error at start-up, not a traceback at the first save.
+    -> the absolute folder."""
+    out = Path(path).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if isinstance(err, FileExistsError) or (out.exists() and not out.is_dir()):
+            reason = "a file of that name exists"
+        raise ConfigError(
+            f"train.output_dir {out} is not a writable folder ({reason}); choose another train.output_dir"
+        ) from None
+    return out

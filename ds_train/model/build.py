@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from data_pipeline.codecs import Codec, load_codec
 from data_pipeline.layout.text_tokens import SpecialTokenIds, build_tiny_tokenizer, load_tokenizer
-from data_pipeline.types import AudioGeometry
+from data_pipeline.types import AudioGeometry, geometry_mismatch
 from ds_train.config import ConfigError, RunConfig
 from ds_train.model.lora import add_lora
 from ds_train.model.modeling import PROJECTOR_FILE, VoiceCloningModel, WhisperTower, load_whisper_encoder
@@ -65,12 +66,26 @@ def build_codec(cfg: RunConfig, device: str | torch.device = "cpu") -> Codec:
 
 def check_geometry(llm_cfg, geometry: AudioGeometry, source: str) -> None:
     """The LLM's audio vocabulary must match the codec's codebooks (+2 for the stream BOS/EOS ids)."""
-    expected = (geometry.num_codebooks, geometry.model_codebook_size, geometry.stream_bos, geometry.stream_eos)
-    have = (llm_cfg.num_codebooks, llm_cfg.codebook_size, llm_cfg.audio_stream_bos_id, llm_cfg.audio_stream_eos_id)
-    if expected != have:
+    problem = geometry_mismatch(llm_cfg.to_dict(), geometry)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+
+
+def check_model_geometry(cfg: RunConfig, geometry: AudioGeometry) -> None:
+    """Before any audio is encoded: a `model.path` model (its config.json, no weights) must take the codec's codes.
+    A preset is built for the codec, so it always fits."""
+    if not cfg.model.path:
+        return
+    config_file = Path(cfg.model.path) / "config.json"
+    try:
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"model.path {cfg.model.path}: cannot read config.json ({err})") from None
+    problem = geometry_mismatch(model_config if isinstance(model_config, dict) else {}, geometry)
+    if problem:
         raise ConfigError(
-            f"{source}: model has (num_codebooks, codebook_size, stream_bos, stream_eos) = {have} but the codec gives "
-            f"{expected} ({geometry.num_codebooks} codebooks of {geometry.codec_codebook_size} codes + BOS/EOS)"
+            f"model.path {cfg.model.path}: {problem}; use the codec the model was trained with (data.codec, "
+            "data.codec_path)"
         )
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from ds_train.config import ConfigError, load_run_config, resolve_deepspeed_config
+from ds_train.config import (
+    ConfigError,
+    RunConfig,
+    is_numeric,
+    load_run_config,
+    numeric_range,
+    resolve_deepspeed_config,
+)
 from tests.helpers import CONFIGS
 
 
@@ -64,4 +73,65 @@ def test_explicit_deepspeed_value_that_contradicts_the_run_config_is_an_error(tm
     ds_file.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 2}}))
     cfg = load_run_config(None, [f"train.deepspeed_config={ds_file}", "data.micro_batch_size=4"])
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu is 8"):
+        resolve_deepspeed_config(cfg, world_size=1)
+
+
+def _outside(allowed) -> float:
+    """A value just outside a declared range (below its low end when it has one)."""
+    if allowed.low is not None:
+        return allowed.low if allowed.low_open else allowed.low - 1
+    return allowed.high if allowed.high_open else allowed.high + 1
+
+
+def test_every_numeric_key_declares_a_range_and_refuses_values_outside_it() -> None:
+    """Walks every numeric field of every section: a new field without a range fails here."""
+    checked = 0
+    for section in dataclasses.fields(RunConfig):
+        for f in dataclasses.fields(section.default_factory()):
+            if not is_numeric(f):
+                continue
+            key = f"{section.name}.{f.name}"
+            allowed = numeric_range(f)
+            assert allowed is not None, f"{key} declares no range (use config.ranged())"
+            assert f.default in allowed, key
+            bad = _outside(allowed)
+            with pytest.raises(ConfigError, match=re.escape(f"{key} must be {allowed}")):
+                load_run_config(None, [f"{key}={bad}"])
+            if isinstance(f.default, float):
+                with pytest.raises(ConfigError, match=re.escape(f"{key} must be {allowed}")):
+                    load_run_config(None, [f"{key}=.nan"])
+            checked += 1
+    assert checked >= 35
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=0", "train.max_steps must be >= 1, got 0"),
+        ("train.max_steps=-5", "train.max_steps must be >= 1, got -5"),
+        ("train.warmup_steps=-3", "train.warmup_steps must be >= 0, got -3"),
+        ("train.gradient_clipping=-1", "train.gradient_clipping must be >= 0 (0 = no clipping), got -1.0"),
+        ("train.keep_last=-1", "train.keep_last must be >= 0 (0 keeps all), got -1"),
+        ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+        ("train.save_every=0", "train.save_every must be >= 1, got 0"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0 (0 = load in the training process), got -1"),
+        ("data.max_bad_fraction=1.5", "data.max_bad_fraction must be in [0, 1], got 1.5"),
+        ("train.max_steps=true", "train.max_steps must be int, got True"),
+    ],
+)
+def test_nonsense_numbers_are_refused_with_the_key_and_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_run_config(None, [override])
+
+
+def test_yaml_and_deepspeed_json_syntax_errors_name_the_file_line_and_column(tmp_path: Path) -> None:
+    run = tmp_path / "run.yaml"
+    run.write_text("train:\n  lr: 1e-3\n  max_steps: [1, 2\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{run}: invalid YAML at line 4, column 1")):
+        load_run_config(run)
+    ds = tmp_path / "ds.json"
+    ds.write_text('{\n  "zero_optimization": {"stage": 2,}\n}\n')
+    cfg = load_run_config(None, [f"train.deepspeed_config={ds}"])
+    expected = f"{ds} (train.deepspeed_config): invalid JSON at line 2, column 36"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         resolve_deepspeed_config(cfg, world_size=1)

@@ -152,8 +152,11 @@ def test_hf_parquet_rejects_bad_rows_and_writes_raw_arrays(tmp_path: Path) -> No
     gone.unlink()
     out, rejects_file = tmp_path / "m.jsonl", tmp_path / "rejects.jsonl"
 
+    # Absolute path cells are read only when asked for (tests/integration/test_hostile_inputs.py: relative ones stay
+    # inside the table's folder).
     result = import_hf(tmp_path / "hub", out, rejects_file, audio_dir=tmp_path / "wavs", text_column="transcript",
-                       speaker_column="spk", id_column="utt", show_progress=False, **LIMITS)  # fmt: skip
+                       speaker_column="spk", id_column="utt", show_progress=False, allow_absolute_paths=True,
+                       **LIMITS)  # fmt: skip
     assert result.records == len(table) + len(raw) == len(result.rows) + len(result.rejects) == 14
     shard = str(folder / "train-00000-of-00002.parquet")
     by_row = {r.line: r for r in result.rejects}
