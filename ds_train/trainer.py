@@ -27,6 +27,7 @@ from ds_train.components.preflight import check_cpu_adam, warn_stale_build_locks
 from ds_train.components.rng import RNGState, seed_everything
 from ds_train.components.schedule import warmup_cosine
 from ds_train.components.stopping import GracefulStop
+from ds_train.components.storage import check_shared_output_dir
 from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.evaluation.conditioning import ConditioningGain, check_reference_ignored
 from ds_train.evaluation.generation_eval import GenerationEvaluator
@@ -93,6 +94,7 @@ class Trainer:
         self.out_dir = Path(t.output_dir).resolve()
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
+        check_shared_output_dir(self.out_dir, self.rank, self.world_size, self.device)  # before anything is written
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
