@@ -172,9 +172,9 @@ class TwoHosts:
         return killed
 
     def rank_pids(self, host: Host) -> list[int]:
-        """The training ranks running on `host` (python processes running ds_train, not DeepSpeed's launcher)."""
-        return [pid for pid in host.run_pids()
-                if " -m ds_train" in (line := _cmdline(pid)) or "ds_train/__main__" in line]  # fmt: skip
+        """The training ranks running on `host`: `python -u -m ds_train --local_rank=N train ...`, started by
+        DeepSpeed's per-node launcher (not the launcher, nor `python -m ds_train.runner` on host A)."""
+        return [pid for pid in host.run_pids() if " -m ds_train " in _cmdline(pid)]
 
 
 def _cmdline(pid: int) -> str:
