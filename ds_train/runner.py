@@ -6,6 +6,12 @@ end of the step and exit 0, so the launcher and the runner exit 0 too. Sending i
 launcher, also avoids the launcher's fixed 30 s grace period (it SIGKILLs ranks 30 s after it is signalled): the
 ranks get `DS_TRAIN_STOP_GRACE` seconds (default 300) before the launcher is signalled to end them. A second signal
 does that at once. (With pdsh on several nodes DeepSpeed's runner installs its own handler, which replaces this one.)
+
+On several nodes DeepSpeed's runner starts each node's ranks over ssh, in a fresh login environment: it passes on only
+the variables named in `.deepspeed_env` (in the working directory or home; `DS_ENV_FILE` renames it) and those whose
+names start with PYTHON, NCCL (on GPUs), MLFLOW, MV2 or UCX. This runner adds the prefixes in `RANK_ENV_PREFIXES`, so
+the remote ranks get the same PATH (the venv: DeepSpeed's op loader runs `ninja`), offline mode, network interfaces
+and trainer settings as the node that launches (docs/LAUNCH.md, "Several machines").
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ds_train.components.stopping import STOP_SIGNALS
 
 GRACE_ENV = "DS_TRAIN_STOP_GRACE"
 DEFAULT_GRACE_S = 300.0
+# Variables (by name prefix) that every node's ranks get from the launching node's environment.
+RANK_ENV_PREFIXES = ("PATH", "HF_", "TOKENIZERS_", "GLOO_", "NCCL_", "TORCH_", "DS_TRAIN_", "OMP_")
 
 
 class StopForwarder:
@@ -83,10 +91,18 @@ def grace_seconds() -> float:
     return value
 
 
+def export_rank_environment() -> None:
+    """Make DeepSpeed's multi-node runner pass `RANK_ENV_PREFIXES` on (it reads its prefix list when it starts)."""
+    from deepspeed.launcher import runner
+
+    runner.EXPORT_ENVS.extend(p for p in RANK_ENV_PREFIXES if p not in runner.EXPORT_ENVS)
+
+
 def main(argv: list[str] | None = None) -> int:
     from deepspeed.launcher.runner import main as deepspeed_main
 
     StopForwarder(grace_seconds()).install()
+    export_rank_environment()
     deepspeed_main(sys.argv[1:] if argv is None else argv)  # sys.exit(code) when the launcher fails
     return 0
 

@@ -29,6 +29,7 @@ from ds_train.components.preflight import check_cpu_adam, check_output_dir, warn
 from ds_train.components.rng import RNGState, rank_seed, seed_everything
 from ds_train.components.schedule import warmup_cosine
 from ds_train.components.stopping import GracefulStop
+from ds_train.components.storage import check_shared_output_dir
 from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.errors import PeerLost
 from ds_train.evaluation.conditioning import ConditioningGain, check_reference_ignored
@@ -103,6 +104,7 @@ class Trainer:
         self.cfg = cfg = resolve_codec(cfg)
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
         self.tb_dir = self.out_dir / "tensorboard"
+        check_shared_output_dir(self.out_dir, self.rank, self.world_size, self.device)  # before anything is written
         if self.rank == 0:
             (self.out_dir / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 

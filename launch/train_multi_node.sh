@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Train on several machines through the deepspeed launcher (pdsh/ssh from this node to every host in the hostfile).
-# usage: MASTER_ADDR=node-a bash launch/train_multi_node.sh HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]
-# Every node needs the same repository path with its .venv set up (run `bash launch/test.sh` or source _env.sh once
-# on each), passwordless ssh between nodes, and shared or identical data paths. See docs/LAUNCH.md for pitfalls.
-# `python -m ds_train.runner` is the `deepspeed` command that passes a stop signal on (docs/LAUNCH.md, "Stopping").
+# usage: MASTER_ADDR=<rank-0 host address> [GLOO_SOCKET_IFNAME=eth0] [NCCL_SOCKET_IFNAME=eth0] \
+#          bash launch/train_multi_node.sh HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]
+# Run it on the hostfile's first host. Every node needs the same repository path with its .venv set up (run
+# `bash launch/test.sh` or source _env.sh once on each), passwordless ssh from this node to every host, identical data
+# paths, and train.output_dir on storage every node shares (checked at start-up). See docs/LAUNCH.md, "Several
+# machines". `python -m ds_train.runner` is the `deepspeed` command that passes a stop signal on ("Stopping") and the
+# variables the remote ranks need (PATH, HF_*, GLOO_*/NCCL_* such as the *_SOCKET_IFNAME interface, TORCH_*, ...).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 if [ $# -lt 2 ] || [ -z "${MASTER_ADDR:-}" ]; then
   echo "usage: MASTER_ADDR=<rank-0 host> $0 HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]" >&2

@@ -53,3 +53,21 @@ def _no_leaked_shared_memory():
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
     torch.set_num_threads(2)
+
+
+SLOW_MULTIHOST = "slow_multihost"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here, not in pyproject.toml: launch/_env.sh reinstalls the venv when pyproject.toml changes.
+    config.addinivalue_line("markers", f"{SLOW_MULTIHOST}: longer two-host launches, run only with -m {SLOW_MULTIHOST}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the longer two-host tests unless the -m expression names them (README "Tests")."""
+    if SLOW_MULTIHOST in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker(SLOW_MULTIHOST)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker(SLOW_MULTIHOST)]

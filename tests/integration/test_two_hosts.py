@@ -1,0 +1,93 @@
+"""A real two-host launch on one machine (tests/integration/two_hosts.py): launch/train_multi_node.sh on host A with a
+hostfile naming both hosts' addresses, DeepSpeed's runner reaching both over pdsh/ssh, one rank per host talking gloo
+over the veth, and the environment the ranks need passed on by ds_train.runner. Needs root, iproute2, openssh-server
+and pdsh (`.ci/run` installs them); skipped otherwise."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CONFIGS, read_scalars
+from tests.integration.two_hosts import SUBNET, TwoHosts, skip_reason, two_hosts
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
+RUN_TIMEOUT_S = 300  # a hang (e.g. gloo on the wrong interface) fails here instead of blocking the suite
+
+
+def _args(assets, prepared: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides for a short fp32 ZeRO-2 run of the tiny preset (launch/train_multi_node.sh adds `train --config`)."""
+    return [
+        f"data.prepared={prepared}", f"data.codec_path={assets.codec_file}", f"train.output_dir={out}",
+        f"train.deepspeed_config={CONFIGS / 'zero2_fp32.json'}", "data.micro_batch_size=4", "data.num_workers=0",
+        "train.log_every=1", "train.min_lr=3e-3", *extra,
+    ]  # fmt: skip
+
+
+def _run(hosts: TwoHosts, tmp_path: Path, name: str, *args: str) -> tuple[int, str]:
+    launch = hosts.train(CONFIGS / "demo.yaml", *args, log=tmp_path / f"{name}.log")
+    return launch.wait(timeout=RUN_TIMEOUT_S)
+
+
+def _by_host(text: str, pattern: str) -> dict[str, list[str]]:
+    """Lines matching `pattern` in the launch's output, by the host pdsh names at their start."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        match = re.match(rf"({re.escape(SUBNET)}\.\d+): (.*)", line)
+        if match and re.search(pattern, match.group(2)):
+            found.setdefault(match.group(1), []).append(match.group(2))
+    return found
+
+
+def test_node_local_output_dir_is_refused_on_every_host(assets, prepared_corpus, tmp_path: Path) -> None:
+    """train.output_dir on each node's own disk: every rank stops at start-up with one config error line per node
+    naming the host that does not see rank 0's files, exit 3, nothing hangs, nothing is left in the directory."""
+    node_local = tmp_path / "node_local"
+    node_local.mkdir()
+    with two_hosts(tmp_path / "hosts", node_local) as hosts:
+        code, text = _run(hosts, tmp_path, "refused", *_args(assets, prepared_corpus, node_local / "run"),
+                          "train.max_steps=2")  # fmt: skip
+        disks = [host.node_local_dir for host in hosts.hosts]
+    assert code == 3, text[-5000:]
+    assert "Traceback" not in text, text[-5000:]
+    errors = _by_host(text, r"^error: ")
+    assert sorted(errors) == [f"{SUBNET}.1", f"{SUBNET}.2"], text[-5000:]  # both ranks stopped, each node said so
+    expected = (f"error: train.output_dir={node_local / 'run'} is not shared between nodes (host-b does not see the "
+                "files rank 0 writes there on host-a): ")  # fmt: skip
+    for lines in errors.values():
+        assert len(lines) == 1 and lines[0].startswith(expected), lines
+        assert "NFS" in lines[0]
+    assert sorted(p.name for disk in disks for p in disk.rglob("*")) == ["run"]  # rank 0's empty folder, on host A
+    assert not list(node_local.iterdir())  # the real path under the bind mounts was never written
+
+
+def _train_two_steps(hosts: TwoHosts, assets, prepared: Path, out: Path, tmp_path: Path) -> None:
+    """2 steps on 2 hosts: rank 0 logs on host A, host B's launcher runs rank 1, each rank saves its ZeRO-2 shard."""
+    code, text = _run(hosts, tmp_path, "train", *_args(assets, prepared, out, "train.max_steps=2"))
+    assert code == 0, text[-5000:]
+    assert "on 2 rank(s)" in text
+    assert len(_by_host(text, r"\[rank0\] step +\d+/2 \| loss ").get(f"{SUBNET}.1", [])) == 2, text[-5000:]
+    assert _by_host(text, r"nnodes=2, num_local_procs=1, node_rank=1").get(f"{SUBNET}.2"), text[-5000:]
+    shards = sorted(p.name for p in (out / "checkpoints" / "global_step2").glob("*optim_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+
+
+def test_train_on_two_hosts(assets, prepared_corpus, tmp_path: Path) -> None:
+    """Shared storage (both hosts see the machine's files): the tiny preset trains 2 steps, one rank per host."""
+    with two_hosts(tmp_path / "hosts") as hosts:
+        _train_two_steps(hosts, assets, prepared_corpus, tmp_path / "shared" / "run", tmp_path)
+
+
+@pytest.mark.slow_multihost
+def test_train_on_two_hosts_then_resume(assets, prepared_corpus, tmp_path: Path) -> None:
+    """Shared storage: 2 steps on 2 hosts, then `--resume` continues from the checkpoint of step 2."""
+    out = tmp_path / "shared" / "run"
+    with two_hosts(tmp_path / "hosts") as hosts:
+        _train_two_steps(hosts, assets, prepared_corpus, out, tmp_path)
+        code, resumed = _run(hosts, tmp_path, "resume",
+                             *_args(assets, prepared_corpus, out, "train.max_steps=3"), "--resume")  # fmt: skip
+    assert code == 0, resumed[-5000:]
+    assert "resumed from" in resumed and "step 2 -> 3" in resumed, resumed[-5000:]
+    assert sorted(read_scalars(out / "tensorboard")["train/loss"]) == [1, 2, 3]
