@@ -4,7 +4,7 @@
 # Every node needs the same repository path with its .venv set up (run `bash launch/test.sh` or source _env.sh once
 # on each), passwordless ssh between nodes, and shared or identical data paths. See docs/LAUNCH.md for pitfalls.
 # `python -m ds_train.runner` is the `deepspeed` command that passes a stop signal on (docs/LAUNCH.md, "Stopping").
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_train_env.sh"
 if [ $# -lt 2 ] || [ -z "${MASTER_ADDR:-}" ]; then
   echo "usage: MASTER_ADDR=<rank-0 host> $0 HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]" >&2
   exit 2
