@@ -117,6 +117,22 @@ def test_single_node_script_uses_the_active_environment_and_the_callers_folder(a
     assert (work / "runs" / "mine" / "checkpoints" / "global_step2").is_dir()
 
 
+@pytest.mark.parametrize("command, defaults", [
+    ("generate", ["--max-seconds MAX_SECONDS longest audio to generate (default: 20.0)", "(default: latest)",
+                  "0 = greedy; > 0 samples (default: 0.0)"]),
+    ("evaluate", ["(default: 8)", "longest audio to generate per line (default: 20.0)", "(default: latest)"]),
+])  # fmt: skip
+def test_help_of_generate_and_evaluate_shows_the_defaults(command: str, defaults: list[str], capsys) -> None:
+    from ds_train.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    assert all(d in shown for d in defaults), shown
+    assert "(default: None)" not in shown
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 
