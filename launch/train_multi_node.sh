@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Train on several machines through the deepspeed launcher (pdsh/ssh from this node to every host in the hostfile).
 # usage: MASTER_ADDR=node-a bash launch/train_multi_node.sh HOSTFILE RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]
-# Every node needs the same repository path with its .venv set up (run `bash launch/test.sh` or source _env.sh once
-# on each), passwordless ssh between nodes, and shared or identical data paths. See docs/LAUNCH.md for pitfalls.
+# Every node needs the same repository path, working directory and Python environment (the active one, or the
+# repository's .venv: run `bash launch/test.sh` or source _env.sh once on each), passwordless ssh between nodes, and
+# shared or identical data paths. See docs/LAUNCH.md for pitfalls.
 # `python -m ds_train.runner` is the `deepspeed` command that passes a stop signal on (docs/LAUNCH.md, "Stopping").
 source "$(dirname "${BASH_SOURCE[0]}")/_train_env.sh"
 if [ $# -lt 2 ] || [ -z "${MASTER_ADDR:-}" ]; then
