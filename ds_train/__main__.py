@@ -52,6 +52,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where there is none to show (required options, unset ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        unset = action.default is None or action.default is False
+        if action.required or unset or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ds_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,30 +81,38 @@ def _main(argv: list[str]) -> int:
     p_doc = sub.add_parser("doctor", help="one real step on the run config, then a pass/fail table of health checks")
     p_doc.add_argument("--config", required=True)
     p_doc.add_argument("overrides", nargs="*", help="section.key=value")
-    p_exp = sub.add_parser("export", help="checkpoint (any ZeRO stage) -> transformers folder + Whisper tower folder")
+    p_exp = sub.add_parser("export", help="checkpoint (any ZeRO stage) -> a self-contained folder: transformers model, "
+                           "tokenizer, Whisper tower, codec, run config")  # fmt: skip
     p_exp.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
     p_exp.add_argument("--out", required=True)
     p_exp.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
-    p_gen = sub.add_parser("generate", help="clone a reference voice speaking new text with a trained checkpoint")
-    p_gen.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
-    p_gen.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
+    checkpoint_help = "run output dir, its checkpoints/ dir, one tag dir, or an exported folder"
+    tag_help = "latest, best (lowest eval loss) or a tag name (checkpoints only)"
+    p_gen = sub.add_parser("generate", help="clone a reference voice speaking new text with a trained checkpoint",
+                           formatter_class=_DefaultsFormatter)  # fmt: skip
+    p_gen.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p_gen.add_argument("--tag", default="latest", help=tag_help)
     p_gen.add_argument("--ref-audio", required=True, help="reference recording of the voice to clone")
     p_gen.add_argument("--ref-text", required=True, help="what the reference recording says")
     p_gen.add_argument("--text", required=True, help="what the cloned voice should say")
     p_gen.add_argument("--out", required=True, help="wav file to write")
     p_gen.add_argument("--max-seconds", type=float, default=20.0, help="longest audio to generate")
-    p_gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p_gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p_gen.add_argument("--top-k", type=int, default=0, help="with sampling: keep the k likeliest codes (0 = all)")
-    p_gen.add_argument("--seed", type=int, default=0)
-    p_eval = sub.add_parser("evaluate", help="clone every line of a Seed-TTS-eval list (meta.lst) and measure it")
-    p_eval.add_argument("--checkpoint", required=True, help="run output dir, its checkpoints/ dir, or one tag dir")
-    p_eval.add_argument("--tag", default="latest", help="latest (default), best (lowest eval loss) or a tag name")
+    p_gen.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    p_eval = sub.add_parser("evaluate", help="clone every line of a Seed-TTS-eval list (meta.lst) and measure it",
+                            formatter_class=_DefaultsFormatter)  # fmt: skip
+    p_eval.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p_eval.add_argument("--tag", default="latest", help=tag_help)
     p_eval.add_argument("--list", required=True, help="utt|prompt_text|prompt_wav|infer_text[|gt_wav] per line")
     p_eval.add_argument("--out", required=True, help="folder for wavs/, results.csv, summary.json/md (resumable)")
     p_eval.add_argument("--max-seconds", type=float, default=20.0, help="longest audio to generate per line")
-    p_eval.add_argument("--speaker-model", default=None, help="local x-vector model dir for speaker similarity")
-    p_eval.add_argument("--asr-model", default=None, help="local Whisper ASR model dir for the word error rate")
-    p_eval.add_argument("--language", default=None, help="language the ASR transcribes in (e.g. en, zh)")
+    p_eval.add_argument("--speaker-model", default=None, help="local x-vector model dir for speaker similarity (none: "
+                        "no similarity)")  # fmt: skip
+    p_eval.add_argument("--asr-model", default=None, help="local Whisper ASR model dir for the word error rate (none: "
+                        "no WER)")  # fmt: skip
+    p_eval.add_argument("--language", default=None, help="language the ASR transcribes in (e.g. en, zh; none: "
+                        "the ASR model detects it)")  # fmt: skip
     p_eval.add_argument("--batch-size", type=int, default=8, help="lines generated together (greedy: same audio)")
     p_info = sub.add_parser("info", help="parameter counts and ZeRO memory of a preset, a run's memory plan, or a "
                             "model/codec folder against the published layout (meta device, no weights)")
@@ -134,9 +152,9 @@ def _main(argv: list[str]) -> int:
     if args.command == "generate":
         from ds_train.inference.generate import clone_voice
 
-        out = clone_voice(args.checkpoint, args.ref_audio, args.ref_text, args.text, args.out, args.tag,
-                          args.max_seconds, args.temperature, args.top_k, args.seed)  # fmt: skip
-        print(f"wrote {out}")
+        result = clone_voice(args.checkpoint, args.ref_audio, args.ref_text, args.text, args.out, args.tag,
+                             args.max_seconds, args.temperature, args.top_k, args.seed)  # fmt: skip
+        print(result.summary())
         return 0
     if args.command == "evaluate":
         from ds_train.evaluation.eval_list import evaluate_list

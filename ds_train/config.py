@@ -1,10 +1,11 @@
 """The run config: one YAML file (dataclass-checked), overridable from the command line as `section.key=value`.
 
 Relative paths inside a YAML file are relative to that file's folder; paths given as overrides are relative to the
-current directory. `train.output_dir` is always relative to the current directory. A config is built once, by
-`RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is defined (every numeric
-key declares the range it accepts with `ranged(...)` beside its default); values resolved
-at run time (the codec of a prepared set, the doctor's policies) make a new config with `with_overrides`, never a
+current directory. `train.output_dir` is always relative to the current directory. `train.deepspeed_config` is looked
+up there first, then in the project's `ds_configs/` (so `zero2_fp32.json` names the shipped file from anywhere). A
+config is built once, by `RunConfig.from_dict` (YAML files and checkpoints alike), and validated where each section is
+defined (every numeric key declares the range it accepts with `ranged(...)` beside its default); values resolved at
+run time (the codec of a prepared set, the doctor's policies) make a new config with `with_overrides`, never a
 mutation.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,9 @@ import yaml
 
 from ds_train.monitor.health import HealthCheck
 
+log = logging.getLogger("ds_train")
+# The shipped DeepSpeed JSONs: where a relative `train.deepspeed_config` is looked up after the run config's folder.
+PROJECT_DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
 
 class ConfigError(ValueError):
     """A run or DeepSpeed config is invalid; the message says which key and why."""
@@ -378,7 +383,9 @@ def _set(cfg: RunConfig, dotted: str, value: Any, base: Path | None) -> None:
             value = float(value)
         else:
             raise ConfigError(f"{dotted} must be {type(default).__name__}, got {value!r}")
-    if (parts[0], parts[1]) in _PATH_FIELDS and value is not None and base is not None:
+    if dotted == "train.deepspeed_config" and value is not None:
+        value = str(find_deepspeed_config(value, base or Path.cwd()))
+    elif (parts[0], parts[1]) in _PATH_FIELDS and value is not None and base is not None:
         value = str((base / value).resolve()) if not Path(value).is_absolute() else value
     setattr(section, parts[1], value)
 
@@ -420,12 +427,30 @@ def _read_json(path: Path, key: str) -> dict[str, Any]:
     return doc
 
 
+def find_deepspeed_config(name: str | Path, base: Path) -> Path:
+    """A `train.deepspeed_config` value -> the file it names: an absolute path as it is; a relative one in `base` (the
+    run config's folder, or the current directory for an override or the default), else in the project's
+    `ds_configs/`. When neither holds it, the path in `base` (the error then names both places)."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    for folder in (base, PROJECT_DS_CONFIGS):
+        if (folder / path).is_file():
+            return (folder / path).resolve()
+    return (base / path).resolve()
+
+
 def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     """Load the DeepSpeed JSON the run names and fill its "auto" (or missing) batch, clipping and LR values from the
     run config. An explicit value that contradicts the run config is an error, not a silent override."""
-    path = Path(cfg.train.deepspeed_config)
+    path = find_deepspeed_config(cfg.train.deepspeed_config, Path.cwd())
     if not path.is_file():
-        raise ConfigError(f"DeepSpeed config {path} does not exist (train.deepspeed_config)")
+        raise ConfigError(
+            f"DeepSpeed config {path} does not exist (train.deepspeed_config={cfg.train.deepspeed_config}; a relative "
+            f"name is looked up in the run config's folder, or the current directory for an override, then in "
+            f"{PROJECT_DS_CONFIGS})"
+        )
+    log.info("DeepSpeed config: %s", path)
     ds = _read_json(path, "train.deepspeed_config")
     t = cfg.train
     wanted = {

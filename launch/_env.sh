@@ -1,5 +1,6 @@
 # Sourced by the launch scripts: creates .venv with the pinned requirements once (again only when requirements.txt or
 # pyproject.toml change), activates it, and sets the offline environment. Override the interpreter with PYTHON=...
+# It leaves the working directory as it is: demo.sh and test.sh change to the repository themselves.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -23,4 +24,3 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-cd "$ROOT"

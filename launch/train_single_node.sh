@@ -4,7 +4,7 @@
 # This process becomes `python -m ds_train.runner`, the `deepspeed` command that passes SIGTERM/SIGINT on to the ranks:
 # they save at the end of the step and exit 0. They get DS_TRAIN_STOP_GRACE seconds (default 300) for that; a second
 # signal cuts it to DeepSpeed's launcher's 30 s. See docs/LAUNCH.md, "Stopping".
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_train_env.sh"
 if [ $# -lt 2 ]; then
   echo "usage: $0 NUM_GPUS RUN_CONFIG.yaml [section.key=value ...] [--resume | --auto-resume]" >&2
   exit 2

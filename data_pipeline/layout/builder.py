@@ -8,6 +8,10 @@ Layout (Llama-3 chat format, as Higgs Audio v2's own voice-cloning generation us
     user:      target text
     assistant: <|audio_out_bos|> target audio frames <|audio_eos|>     <- the only labelled part
 
+With a text head (`text_labels`) the text labels are those of the original Higgs Audio trainer: in the target assistant
+turn, `<|audio_out_bos|>`, `<|audio_eos|>` and the closing `<|eot_id|>` (its inference lets the text head enter and
+leave audio mode); never user text, never the audio placeholders between them.
+
 Audio frames occupy `<|AUDIO_OUT|>` positions followed by C-1 delay-token positions (the tail of the delay pattern).
 Labels are aligned with the inputs (label[t] is the token AT t); the model's loss shifts them, so position t-1 learns to
 predict token t. Never shift here.
@@ -36,7 +40,8 @@ WHISPER_HOP_SAMPLES = 160
 class LayoutOptions:
     whisper: bool = True
     whisper_turn: str = "user"  # "user" or "system": which turn carries the reference waveform's <|AUDIO|> span
-    text_labels: bool = False  # label the target text too (only useful with a text head)
+    # label the target assistant turn's <|audio_out_bos|>, <|audio_eos|> and <|eot_id|> as text (with a text head)
+    text_labels: bool = False
     label_stream_eos: bool = True  # each codebook's own stream EOS: the model must learn to stop (as the original
     # trainer does; transformers' processor masks it)
 
@@ -124,7 +129,8 @@ class LayoutBuilder:
     ) -> list[tuple[str, object]]:
         """The sample as ("text", str) pieces tokenized as a whole, as the chat template's rendered string would be
         between special tokens; ("ids", [...]) special tokens; ("audio", frames) an audio-out span; ("label", bool)
-        switches text labelling on/off."""
+        switches text labelling on/off (inside it an audio span labels only its <|audio_out_bos|> and <|audio_eos|>,
+        as the original trainer, whose single <|AUDIO_OUT|> text label is replaced by the audio labels)."""
         ids, opts = self.ids, self.options
         if opts.whisper_turn not in ("user", "system"):
             raise ValueError(f"whisper_turn must be 'user' or 'system', got {opts.whisper_turn!r}")
@@ -140,9 +146,9 @@ class LayoutBuilder:
             segments.append(("ids", audio_in))
         segments += [
             ("ids", [ids.eot, *self._header("assistant")]), ("text", "\n\n"), ("audio", ref_frames),
-            ("ids", [ids.eot, *self._header("user")]),
-            ("label", True), ("text", "\n\n" + text), ("ids", [ids.eot]), ("label", False),
-            ("ids", self._header("assistant")), ("text", "\n\n"), ("audio", target_frames), ("ids", [ids.eot]),
+            ("ids", [ids.eot, *self._header("user")]), ("text", "\n\n" + text),
+            ("ids", [ids.eot, *self._header("assistant")]), ("text", "\n\n"),
+            ("label", True), ("audio", target_frames), ("ids", [ids.eot]), ("label", False),
         ]  # fmt: skip
         return segments
 
@@ -271,11 +277,14 @@ class LayoutBuilder:
                 continue
             piece = self._text(value) if kind == "text" else value if kind == "ids" else self._audio_out_span(value)
             tokens += piece
-            marks += [label_on] * len(piece)
+            if kind == "audio":  # its <|audio_out_bos|> and <|audio_eos|>; the frames are labelled as audio
+                marks += [label_on] + [False] * (len(piece) - 2) + [label_on]
+            else:
+                marks += [label_on] * len(piece)
         input_ids = torch.tensor(tokens, dtype=torch.long)
         labelled = torch.tensor(marks, dtype=torch.bool)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        if opts.text_labels:  # the target text turn, its <|eot_id|> included
+        if opts.text_labels:  # the target assistant turn's <|audio_out_bos|>, <|audio_eos|> and <|eot_id|>
             labels[labelled] = input_ids[labelled]
 
         audio_frames = torch.cat([ref_frames, tgt_frames], dim=0)

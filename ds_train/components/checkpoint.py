@@ -246,7 +246,8 @@ def locate(checkpoint: Path, which: str = "latest") -> tuple[Path, str]:
         return checkpoint, tag
     if list(checkpoint.glob("*model_states.pt")):
         return checkpoint.parent, checkpoint.name
-    raise FileNotFoundError(f"{checkpoint} is not a DeepSpeed checkpoint (no 'latest' file or *model_states.pt)")
+    raise FileNotFoundError(f"{checkpoint} is not a DeepSpeed checkpoint (no 'latest' file or *model_states.pt) nor "
+                            "an exported folder (no ds_train_export.json)")  # fmt: skip
 
 
 def _tags(ckpt_dir: Path) -> str:

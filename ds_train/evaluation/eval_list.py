@@ -3,16 +3,16 @@
     python -m ds_train evaluate --checkpoint runs/exp1 [--tag best] --list meta.lst --out eval_out \
         [--speaker-model DIR] [--asr-model DIR --language en] [--max-seconds 20] [--batch-size 8]
 
-Lines are generated `--batch-size` at a time (greedy: the same audio as one at a time). The list is Seed-TTS-eval's
-`meta.lst`: one line per utterance, `utt|prompt_text|prompt_wav|infer_text[|gt_wav]`,
-paths relative to the list. For every line the cloned speech goes to `wavs/<utt>.wav` and its measures to
-`items/<utt>.json` (written last: a line with its json is done, so a re-run resumes where it stopped). At the end,
-`results.csv` (one row per utterance) and `summary.json` / `summary.md`: stop rate, duration ratio, silence share,
-real-time factor, with `--speaker-model` speaker similarity to the prompt and with `--asr-model` (a local Whisper) the
-word error rate (character error rate for CJK text) with Seed-TTS-eval's normalisation; with `gt_wav`, the same for
-the ground truth as the reference row. Lines that cannot be used (wrong field count, missing wav, empty text) are
-reported by line number in `rejects.jsonl` and skipped. Under a launcher (`deepspeed --module ds_train evaluate ...`)
-each rank clones every world-size-th line; rank 0 writes the summary.
+`--checkpoint` is a training checkpoint or an exported folder. Lines are generated `--batch-size` at a time (greedy: the
+same audio as one at a time). The list is Seed-TTS-eval's `meta.lst`: one line per utterance,
+`utt|prompt_text|prompt_wav|infer_text[|gt_wav]`, paths relative to the list. For every line the cloned speech goes to
+`wavs/<utt>.wav` and its measures to `items/<utt>.json` (written last: a line with its json is done, so a re-run resumes
+where it stopped). At the end, `results.csv` (one row per utterance) and `summary.json` / `summary.md`: stop rate,
+duration ratio, silence share, real-time factor, with `--speaker-model` speaker similarity to the prompt and with
+`--asr-model` (a local Whisper) the word error rate (character error rate for CJK text) with Seed-TTS-eval's
+normalisation; with `gt_wav`, the same for the ground truth as the reference row. Lines that cannot be used (wrong field
+count, missing wav, empty text) are reported by line number in `rejects.jsonl` and skipped. Under a launcher (`deepspeed
+--module ds_train evaluate ...`) each rank clones every world-size-th line; rank 0 writes the summary.
 """
 
 from __future__ import annotations

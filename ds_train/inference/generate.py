@@ -3,6 +3,8 @@
     python -m ds_train generate --checkpoint runs/exp1 [--tag best] --ref-audio ref.wav --ref-text "..." \
         --text "..." --out cloned.wav [--max-seconds 20] [--temperature 0.7 --top-k 50 --seed 0]
 
+`--checkpoint` is a training checkpoint or an exported folder (`python -m ds_train export`).
+
 The prompt is the training layout cut at the target's `<|audio_out_bos|>`, so the model sees exactly what it was
 trained on. transformers' HiggsAudioV2 generation (its delay-pattern logits processor) produces the audio frames; the
 Whisper tower's embeddings replace the `<|AUDIO|>` positions as the prompt is embedded (chunked prefill is refused, see
@@ -240,14 +242,16 @@ class CloneRequest:
 
 
 class VoiceCloner:
-    """A checkpoint loaded once, with its codec, layout and collator, to clone many references (one process)."""
+    """A checkpoint (or an exported folder) loaded once, with its codec, layout and collator, to clone many references
+    (one process)."""
 
     def __init__(self, checkpoint: str | Path, which: str = "latest", device: torch.device | str | None = None) -> None:
-        from ds_train.components.checkpoint import load_checkpoint_model
         from ds_train.components.data import build_collator, build_layout
+        from ds_train.components.exported import load_for_inference
         from ds_train.model.build import build_codec
 
-        model, tokenizer, cfg, _ = load_checkpoint_model(Path(checkpoint), which)
+        model, tokenizer, cfg, _ = load_for_inference(checkpoint, which)
+        self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
         self.codec = build_codec(cfg, self.device)
@@ -290,6 +294,22 @@ class VoiceCloner:
         return results
 
 
+@dataclass(frozen=True)
+class CloneResult:
+    """What `generate` wrote: the wav, its duration, and whether the model ended the audio itself (the stream EOS)
+    or was cut at `max_seconds`."""
+
+    path: Path
+    seconds: float
+    stopped: bool
+    max_seconds: float
+
+    def summary(self) -> str:
+        how = ("the model ended it (audio EOS)" if self.stopped else
+               f"cut at --max-seconds {self.max_seconds:g}: the model did not emit the audio EOS")  # fmt: skip
+        return f"wrote {self.path}: {self.seconds:.2f} s of audio; {how}"
+
+
 def clone_voice(
     checkpoint: str | Path,
     ref_audio: str | Path,
@@ -301,18 +321,19 @@ def clone_voice(
     temperature: float = 0.0,
     top_k: int = 0,
     seed: int = 0,
-) -> Path:
-    """Load a checkpoint and its codec, clone the reference voice speaking `text`, write a wav -> its path."""
+) -> CloneResult:
+    """Load a checkpoint (or an exported folder) and its codec, clone the reference voice speaking `text`, write a
+    wav -> what was written."""
     import soundfile as sf
 
     from data_pipeline.ingest.audio import load_mono
 
     cloner = VoiceCloner(checkpoint, which)
     wave, rate = load_mono(Path(ref_audio))
-    cloned, _ = cloner.clone(wave, rate, ref_text, text, max_seconds, temperature, top_k, seed)
+    cloned, ended = cloner.clone(wave, rate, ref_text, text, max_seconds, temperature, top_k, seed)
     if cloned.numel() == 0:
         raise RuntimeError("the model generated no complete audio frame; train longer or raise --max-seconds")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(out), cloned.numpy(), cloner.codec.sample_rate)
-    return out
+    return CloneResult(out, cloned.numel() / cloner.codec.sample_rate, ended, max_seconds)

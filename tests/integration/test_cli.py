@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,46 @@ def test_multi_node_script_with_a_localhost_hostfile(assets, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 rank(s)" in proc.stderr
     assert sorted(read_scalars(tmp_path / "run" / "tensorboard")["train/loss"]) == [1, 2]
+
+
+def test_single_node_script_uses_the_active_environment_and_the_callers_folder(assets, tmp_path: Path) -> None:
+    """A run config in the user's own folder with relative paths (a copy of demo.yaml: its DeepSpeed JSON is found in
+    ds_configs/), started from another folder: the script uses the active environment (no .venv, PYTHON=/bin/false
+    would stop one being made), relative paths resolve where the user stands."""
+    own, work = tmp_path / "configs", tmp_path / "work"
+    own.mkdir()
+    work.mkdir()
+    yaml_text = (CONFIGS / "demo.yaml").read_text().replace("  codec: dac\n", (
+        f"  codec: dac\n  manifest: {os.path.relpath(assets.manifest, own)}\n"
+        f"  codec_path: {os.path.relpath(assets.codec_file, own)}\n"
+    ))  # fmt: skip
+    (own / "run.yaml").write_text(yaml_text.replace("zero2_bf16.json", "zero2_fp32.json"))
+    env = dict(command_env(), PYTHON="/bin/false", VENV=str(tmp_path / "no_venv"), MASTER_PORT=str(free_port()),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # fmt: skip
+    cmd = ["bash", str(REPO / "launch" / "train_single_node.sh"), "1", "../configs/run.yaml", "train.max_steps=2",
+           "train.output_dir=runs/mine", "data.num_workers=0", "data.micro_batch_size=4", "whisper.enabled=false"]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"[setup] using the active Python environment: {Path(sys.executable).parent}" in proc.stdout
+    assert not (tmp_path / "no_venv").exists()
+    assert f"DeepSpeed config: {CONFIGS / 'zero2_fp32.json'}" in proc.stderr
+    assert (work / "runs" / "mine" / "checkpoints" / "global_step2").is_dir()
+
+
+@pytest.mark.parametrize("command, defaults", [
+    ("generate", ["--max-seconds MAX_SECONDS longest audio to generate (default: 20.0)", "(default: latest)",
+                  "0 = greedy; > 0 samples (default: 0.0)"]),
+    ("evaluate", ["(default: 8)", "longest audio to generate per line (default: 20.0)", "(default: latest)"]),
+])  # fmt: skip
+def test_help_of_generate_and_evaluate_shows_the_defaults(command: str, defaults: list[str], capsys) -> None:
+    from ds_train.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    assert all(d in shown for d in defaults), shown
+    assert "(default: None)" not in shown
 
 
 # ---------------------------------------------------------------------------------------------------- errors

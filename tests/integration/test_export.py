@@ -4,10 +4,12 @@ that reproduce the trained model's outputs."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 from transformers import HiggsAudioV2ForConditionalGeneration
 
@@ -127,3 +129,65 @@ def test_zero0_bf16_reads_the_fp32_masters_in_export_and_params_unchanged(assets
     exported = dict(model.named_parameters())
     worst = max(float((exported[n].detach() - m).abs().max()) for n, m in masters.items())
     assert worst == 0.0, worst
+
+
+@pytest.mark.parametrize("whisper", [False, True])
+def test_exported_folder_is_self_contained_and_clones_as_its_checkpoint(assets, tmp_path, whisper: bool) -> None:
+    """The exported folder, moved elsewhere, holds everything `generate` and `evaluate` need (model, tokenizer, codec,
+    Whisper tower, run config): greedy generation from it writes the very audio the checkpoint does. transformers' own
+    class (and its tokenizer loader) load it and give our model's logits on a voice-cloning prompt."""
+    from transformers import AutoTokenizer
+
+    from ds_train.evaluation.eval_list import evaluate_list
+    from ds_train.inference.generate import VoiceCloner, build_prompt, clone_voice
+    from tests.helpers import run_command
+
+    run = tmp_path / "run"
+    Trainer(make_config(assets, run, "train.max_steps=2", f"whisper.enabled={str(whisper).lower()}",
+                        "train.tensorboard=false")).fit()  # fmt: skip
+    export(run, tmp_path / "first_place")
+    moved = tmp_path / "elsewhere" / "exported"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "first_place", moved)
+    assert (moved / "codec" / assets.codec_file.name).read_bytes() == assets.codec_file.read_bytes()
+    assert (moved / WHISPER_SUBDIR / "projector.safetensors").is_file() == whisper
+
+    ref = sorted((assets.manifest.parent / "wavs").glob("*.wav"))[0]
+    words = ["--ref-audio", str(ref), "--ref-text", "Some words.", "--text", "Other words.", "--max-seconds", "1"]
+    from_ckpt = clone_voice(run, ref, "Some words.", "Other words.", tmp_path / "ckpt.wav", max_seconds=1.0)
+    out = tmp_path / "exported.wav"
+    proc = run_command([sys.executable, "-m", "ds_train", "generate", "--checkpoint", str(moved), *words,
+                        "--out", str(out)])  # fmt: skip
+    assert out.read_bytes() == from_ckpt.path.read_bytes()
+    # generate says what it produced: the duration, and whether the model stopped or hit --max-seconds
+    assert f"wrote {out}: {from_ckpt.seconds:.2f} s of audio; " in proc.stdout
+    ending = "the model ended it (audio EOS)" if from_ckpt.stopped else "cut at --max-seconds 1: the model did not"
+    assert ending in proc.stdout
+
+    cloner = VoiceCloner(moved)  # its model, tokenizer, Whisper tower and codec all come from inside the folder
+    paths = [cloner.cfg.model.path, cloner.cfg.data.codec_path, *([cloner.cfg.whisper.path] if whisper else [])]
+    assert all(Path(p).resolve().is_relative_to(moved.resolve()) for p in paths), paths
+    if whisper:
+        return
+    # evaluate takes the folder too (same audio as from the checkpoint)
+    (tmp_path / "list").mkdir()
+    meta = tmp_path / "list" / "meta.lst"
+    meta.write_text(f"u1|Some words.|{ref}|Other words.\n")
+    evaluate_list(moved, meta, tmp_path / "eval_exported", max_seconds=1.0)
+    evaluate_list(run, meta, tmp_path / "eval_ckpt", max_seconds=1.0)
+    assert (tmp_path / "eval_exported" / "wavs" / "u1.wav").read_bytes() == (
+        tmp_path / "eval_ckpt" / "wavs" / "u1.wav"
+    ).read_bytes()
+    # transformers' own class and tokenizer loader, offline, on a prompt built by our layout
+    ours = VoiceCloner(run)
+    wave, rate = sf.read(str(ref), dtype="float32")
+    (ref_codes,) = ours.codec.encode([torch.from_numpy(wave)], rate)
+    prompt = build_prompt(ours.layout, ours.collator, "Some words.", ref_codes, "Other words.")
+    tokenizer = AutoTokenizer.from_pretrained(str(moved), local_files_only=True)
+    assert tokenizer("Other words.")["input_ids"] == ours.layout.tokenizer("Other words.")["input_ids"]
+    plain = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(moved), local_files_only=True).eval()
+    keys = ("input_ids", "attention_mask", "audio_input_ids", "audio_input_ids_mask")
+    with torch.no_grad():
+        theirs = plain(**{k: prompt.batch[k] for k in keys}).logits
+        expected = ours.model.audio_logits(**prompt.batch).logits
+    torch.testing.assert_close(theirs, expected, rtol=1e-5, atol=1e-5)

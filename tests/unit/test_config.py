@@ -33,6 +33,27 @@ def test_yaml_paths_are_relative_to_the_yaml_and_overrides_typed(tmp_path: Path)
     assert cfg.train.lr == 5e-4 and cfg.train.max_steps == 7 and cfg.whisper.enabled is False
 
 
+def test_relative_deepspeed_config_is_found_from_anywhere(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A copy of demo.yaml in the user's own folder, run from another folder: its `zero2_bf16.json` and the default
+    come from the project's ds_configs/; a file of that name beside the run config wins; the one used is logged."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.yaml").write_text((CONFIGS / "demo.yaml").read_text())
+    cfg = load_run_config(mine / "run.yaml")
+    with caplog.at_level("INFO", logger="ds_train"):
+        assert resolve_deepspeed_config(cfg, 1)["zero_optimization"]["stage"] == 2
+    assert f"DeepSpeed config: {CONFIGS / 'zero2_bf16.json'}" in caplog.text
+    assert resolve_deepspeed_config(load_run_config(None), 1)["bf16"]["enabled"] is True  # the default's name
+    fp32 = load_run_config(mine / "run.yaml", ["train.deepspeed_config=zero2_fp32.json"])
+    assert Path(fp32.train.deepspeed_config) == CONFIGS / "zero2_fp32.json"
+    own = json.loads((CONFIGS / "zero1_bf16.json").read_text())
+    (mine / "zero2_bf16.json").write_text(json.dumps(own))  # the run config's folder comes first
+    assert resolve_deepspeed_config(load_run_config(mine / "run.yaml"), 1)["zero_optimization"]["stage"] == 1
+    with pytest.raises(ConfigError, match="does not exist .*then in .*ds_configs"):
+        resolve_deepspeed_config(load_run_config(None, ["train.deepspeed_config=zero9.json"]), 1)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

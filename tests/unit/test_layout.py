@@ -109,11 +109,24 @@ def test_long_reference_is_chunked_for_whisper() -> None:
     assert ex.whisper_tokens == [750, 750, 250]
 
 
-def test_text_labels_when_text_head_on() -> None:
+def test_text_labels_when_text_head_on_are_the_original_trainers() -> None:
+    """The original Higgs Audio trainer labels, in the target assistant turn, <|audio_out_bos|>, <|audio_eos|> and the
+    closing <|eot_id|> as text, never user text: the expected labels are built by hand from the token sequence."""
     builder = _builder(text_labels=True)
-    ex = builder.build("s", "r", _codes(3), "hello there", _codes(3), ref_wave_16k=torch.randn(8000))
-    labelled = ex.input_ids[ex.labels != IGNORE_INDEX]
-    assert builder.tokenizer.decode(labelled[:-1]).strip() == "hello there" and labelled[-1] == builder.ids.eot
+    ex = builder.build("s", "r", _codes(3), "hello there", _codes(5), ref_wave_16k=torch.randn(8000))
+    ids = builder.ids
+    seq = ex.input_ids.tolist()
+    target_bos = max(i for i, t in enumerate(seq) if t == ids.audio_out_bos)
+    target_eos = seq.index(ids.audio_eos, target_bos)
+    assert target_eos == target_bos + 1 + (5 + 2 + GEO.num_codebooks - 1) and target_eos + 2 == len(seq)
+    expected = [IGNORE_INDEX] * len(seq)
+    for position in (target_bos, target_eos, len(seq) - 1):
+        expected[position] = seq[position]
+    assert ex.labels.tolist() == expected
+    assert seq[-1] == ids.eot
+    # the same tokens as without the text head, and no text label without it
+    plain = _builder().build("s", "r", _codes(3), "hello there", _codes(5), ref_wave_16k=torch.randn(8000))
+    assert plain.input_ids.tolist() == seq and (plain.labels == IGNORE_INDEX).all()
 
 
 @pytest.mark.parametrize(
