@@ -166,9 +166,10 @@ def _print_where(result) -> None:
     best = f", best eval loss: {best_tag}" if best_tag else ""
     print(f"Checkpoints:      {result.checkpoint_dir} (latest: global_step{result.final_step}{best})")
     print(f"View them with:   tensorboard --logdir {result.tensorboard_dir}")
-    shown = {"eval/loss": "loss", "eval/conditioning_gain": "conditioning gain", "eval/gen_stop_rate": "stop rate",
-             "eval/gen_duration_ratio": "duration ratio", "eval/gen_silence_share": "silence",
-             "eval/gen_speaker_sim": "speaker similarity", "eval/gen_wer": "WER"}  # fmt: skip
+    shown = {"eval/loss": "loss", "cloning/conditioning_gain": "conditioning gain",
+             "cloning/gen_stop_rate": "stop rate", "cloning/gen_duration_ratio": "duration ratio",
+             "cloning/gen_silence_share": "silence",
+             "cloning/gen_speaker_sim": "speaker similarity", "cloning/gen_wer": "WER"}  # fmt: skip
     last = [f"{name} {result.last_eval[key]:.4g}" for key, name in shown.items() if key in result.last_eval]
     if last:
         print(f"Last evaluation:  {', '.join(last)}")

@@ -214,13 +214,13 @@ class MonitorSection(_Section):
     part_norms_every: int = 10  # per-part gradient norms (LLM, audio FFN, Whisper, ...) every N steps; 0 = never
     decode_every: int = 100  # decoded text and audio to TensorBoard every N steps (rank 0); 0 = never
     # Each evaluation, rank 0 also generates (free-running, greedy) `generate_samples` eval examples (the first ones,
-    # the same each time), each up to twice its real length and at most `generate_seconds`; it reports eval/gen_*
+    # the same each time), each up to twice its real length and at most `generate_seconds`; it reports cloning/gen_*
     # (stop rate, duration ratio, silence; ds_train/evaluation/generation_eval.py) and logs the first as TensorBoard
     # audio. Under ZeRO-3 every rank generates the same batch in step (no rank holds every weight). 0 = off.
     generate_seconds: float = 10.0
     generate_samples: int = 4
-    speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
-    asr_model: str | None = None  # local transformers Whisper ASR dir: adds eval/gen_wer(_target)
+    speaker_model: str | None = None  # local transformers x-vector model dir: adds cloning/gen_speaker_sim(_target)
+    asr_model: str | None = None  # local transformers Whisper ASR dir: adds cloning/gen_wer(_target)
     # Conditioning gain (ds_train/evaluation/conditioning.py): each evaluation also scores the eval set with another
     # speaker's reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
     # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.

@@ -31,8 +31,8 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     assert scalars["eval/samples"] == {12: 24.0}
     # The conditioning gain: logged at each evaluation (two held-out voices swap references), and the summary prints it
     # for the training voices next to the held-out ones.
-    gain = scalars["eval/conditioning_gain"][12]
-    assert scalars["eval/loss_swapped_ref"][12] - scalars["eval/loss_true_ref"][12] == pytest.approx(gain, abs=1e-4)
+    gain = scalars["cloning/conditioning_gain"][12]
+    assert scalars["cloning/loss_swapped_ref"][12] - scalars["eval/loss"][12] == pytest.approx(gain, abs=1e-4)
     summary = [line for line in proc.stdout.splitlines() if line.startswith("Conditioning gain, ")]
     assert [line.split(":")[0] for line in summary] == [
         "Conditioning gain, training voices", "Conditioning gain, held-out voices"

@@ -53,9 +53,9 @@ def test_eval_metrics_do_not_depend_on_batching_and_leave_the_model_alone(assets
     first = results[0]
     assert first["eval/samples"] == len(trainer.data.eval_dataset) == 24 and first["eval/bad_samples"] == 0
     assert math.isfinite(first["eval/loss"]) and 0 < first["eval/audio_top1"] <= 1
-    assert first["eval/loss"] == pytest.approx(sum(first[f"eval_codebook_loss/{k}"] for k in range(4)))
+    assert first["eval/loss"] == pytest.approx(sum(first[f"eval/codebook_loss/{k}"] for k in range(4)))
     for other in results[1:]:  # token-weighted over the whole set: the same whatever the micro-batches
-        for key in ("eval/loss", "eval/audio_top1", "eval_codebook_loss/0", "eval_codebook_top1/3"):
+        for key in ("eval/loss", "eval/audio_top1", "eval/codebook_loss/0", "eval/codebook_top1/3"):
             assert other[key] == pytest.approx(first[key], rel=1e-5, abs=1e-6), key
     assert trainer.engine.training  # back in training mode, weights untouched
     assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())
@@ -68,7 +68,7 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     ))  # fmt: skip
     assert sorted(result.eval_losses) == [2, 3]
     scalars = read_scalars(tmp_path / "tensorboard")
-    assert sorted(scalars["eval/loss"]) == [2, 3] and sorted(scalars["eval_codebook_top1/0"]) == [2, 3]
+    assert sorted(scalars["eval/loss"]) == [2, 3] and sorted(scalars["eval/codebook_top1/0"]) == [2, 3]
     assert scalars["eval/samples"][3] == 24
     assert scalars["eval/loss"][3] == pytest.approx(result.eval_losses[3])
     assert "train/loss" in scalars and sorted(scalars["train/loss"]) == [1, 2, 3]
@@ -84,8 +84,8 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     generated = acc.Audio("eval_samples/generated")
     assert [e.step for e in generated] == [2, 3] and all(e.sample_rate == 24000 for e in generated)
     # ...with free-running metrics over the first monitor.generate_samples (4) eval examples
-    assert scalars["eval/gen_samples"] == {2: 4.0, 3: 4.0}
-    assert all(0 <= scalars[f"eval/gen_{k}"][3] <= 1 for k in ("stop_rate", "silence_share"))
+    assert scalars["cloning/gen_samples"] == {2: 4.0, 3: 4.0}
+    assert all(0 <= scalars[f"cloning/gen_{k}"][3] <= 1 for k in ("stop_rate", "silence_share"))
     assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(acc.Tags()["audio"])
     # ...and their mel spectrograms side by side (reference | target | teacher-forced | generated)
     assert [e.step for e in acc.Images("eval_samples/spectrograms_generated")] == [2, 3]

@@ -38,8 +38,8 @@ def test_silence_and_stop_measures() -> None:
     assert not stopped(running, geo)
     assert stopped(torch.cat([running, torch.tensor([[9, 4], [9, 9]])]), geo)
     values = summarize([GeneratedSample("a", True, 2.0, 1.0, 0.1), GeneratedSample("b", False, 1.0, 2.0, 0.3)])
-    assert values["eval/gen_stop_rate"] == 0.5 and values["eval/gen_duration_ratio"] == 1.25
-    assert math.isclose(values["eval/gen_silence_share"], 0.2) and "eval/gen_speaker_sim" not in values
+    assert values["cloning/gen_stop_rate"] == 0.5 and values["cloning/gen_duration_ratio"] == 1.25
+    assert math.isclose(values["cloning/gen_silence_share"], 0.2) and "cloning/gen_speaker_sim" not in values
 
 
 def test_speaker_similarity_is_a_cosine(tmp_path: Path) -> None:
@@ -62,12 +62,12 @@ def test_generation_metrics_on_a_real_model(assets, prepared_corpus: Path, tmp_p
         SpeakerEncoder(tiny_speaker_model(tmp_path / "spk")), asr=Transcriber(tiny_asr_model(tmp_path / "asr")),
     )  # fmt: skip
     values = evaluator.run(trainer.engine.module)
-    assert values["eval/gen_samples"] == 2.0 and values["eval/gen_time_s"] > 0
-    assert 0.0 <= values["eval/gen_stop_rate"] <= 1.0 and 0.0 <= values["eval/gen_silence_share"] <= 1.0
-    assert 0.0 <= values["eval/gen_duration_ratio"] <= 2.5
-    assert -1.0 <= values["eval/gen_speaker_sim_target"] <= 1.0
-    assert math.isnan(values["eval/gen_speaker_sim"]) or -1.0 <= values["eval/gen_speaker_sim"] <= 1.0
-    assert values["eval/gen_wer"] >= 0 and values["eval/gen_wer_target"] >= 0
+    assert values["cloning/gen_samples"] == 2.0 and values["cloning/gen_time_s"] > 0
+    assert 0.0 <= values["cloning/gen_stop_rate"] <= 1.0 and 0.0 <= values["cloning/gen_silence_share"] <= 1.0
+    assert 0.0 <= values["cloning/gen_duration_ratio"] <= 2.5
+    assert -1.0 <= values["cloning/gen_speaker_sim_target"] <= 1.0
+    assert math.isnan(values["cloning/gen_speaker_sim"]) or -1.0 <= values["cloning/gen_speaker_sim"] <= 1.0
+    assert values["cloning/gen_wer"] >= 0 and values["cloning/gen_wer_target"] >= 0
     assert evaluator.last_codes is not None and evaluator.last_codes.shape[0] == trainer.geometry.num_codebooks
     assert trainer.engine.module.training  # evaluation leaves the model as it found it
 
@@ -86,5 +86,5 @@ def test_two_zero3_ranks_generate_in_step(assets, tmp_path: Path) -> None:
         "monitor.generate_samples=3",
     ], timeout=900)  # fmt: skip
     scalars = read_scalars(tmp_path / "run" / "tensorboard")
-    assert scalars["eval/gen_samples"] == {2: 3.0}
-    assert 0.0 <= scalars["eval/gen_stop_rate"][2] <= 1.0
+    assert scalars["cloning/gen_samples"] == {2: 3.0}
+    assert 0.0 <= scalars["cloning/gen_stop_rate"][2] <= 1.0
