@@ -7,7 +7,8 @@ python -m ds_train info [--preset 3b] [--whisper large-v3|off]
 
 Options and section.key=value overrides may come in any order. An expected error (config, missing file, bad input,
 bad checkpoint, world-size mismatch, health halt) prints one `error: ...` line and exits with its own code (README
-"Errors and exit codes"); add --traceback (or set DS_TRAIN_TRACEBACK=1) for the full trace.
+"Errors and exit codes"); add --traceback (or set DS_TRAIN_TRACEBACK=1) for the full trace. Known dependency
+warnings that tell the user nothing are hidden; DS_TRAIN_DEBUG_WARNINGS=1 shows them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,28 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
+
+# Deprecations inside dependencies (the codec's weight_norm, torch's own TypedStorage and jit, resemblyzer's scipy
+# import): nothing a user of this trainer can act on. Shown with DS_TRAIN_DEBUG_WARNINGS=1.
+KNOWN_WARNINGS = (
+    (FutureWarning, r"`torch\.nn\.utils\.weight_norm` is deprecated"),
+    (UserWarning, r"TypedStorage is deprecated"),
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
+    (DeprecationWarning, r"Please import `binary_dilation` from the `scipy\.ndimage` namespace"),
+)
+
+
+def quiet_known_warnings() -> None:
+    if os.environ.get("DS_TRAIN_DEBUG_WARNINGS") == "1":
+        return
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _setup_logging() -> None:
+    quiet_known_warnings()
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=logging.INFO if rank == "0" else logging.WARNING,
