@@ -27,8 +27,8 @@ from ds_train.demo import training_voices_gain
 from ds_train.trainer import Trainer
 
 TRAINING_VOICES, HELD_OUT_VOICES = 16, 4
-COLUMNS = ("eval/conditioning_gain", "eval/conditioning_gain_codes", "eval/conditioning_gain_whisper",
-           "eval/gen_stop_rate", "eval/gen_duration_ratio")  # fmt: skip
+COLUMNS = ("cloning/conditioning_gain", "cloning/conditioning_gain_codes", "cloning/conditioning_gain_whisper",
+           "cloning/gen_stop_rate", "cloning/gen_duration_ratio")  # fmt: skip
 
 
 def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
@@ -75,12 +75,12 @@ def main() -> None:
     print("| step | train loss | held-out eval loss | held-out gain | codes alone | whisper alone | gen stop rate | "
           "gen duration ratio |")  # fmt: skip
     print("|---" * 8 + "|")
-    for step in sorted(scalars.get("eval/conditioning_gain", {})):
+    for step in sorted(scalars.get("cloning/conditioning_gain", {})):
         cells = [f"{scalars[key][step]:+.4f}" if step in scalars.get(key, {}) else "n/a" for key in COLUMNS]
         nearest = min(scalars["train/loss"], key=lambda s, step=step: abs(s - step))
         print(f"| {step} | {scalars['train/loss'][nearest]:.3f} | {scalars['eval/loss'][step]:.3f} | "
               + " | ".join(cells) + " |")  # fmt: skip
-    gain = trained.get("eval/conditioning_gain")
+    gain = trained.get("cloning/conditioning_gain")
     print(f"training voices at the end: gain {gain:+.4f} nats" if gain is not None else "training voices: no gain")
 
 

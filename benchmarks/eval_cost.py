@@ -65,7 +65,7 @@ def main() -> None:
     SampleLogger.log = _timed("logging the eval sample (decoded audio)", SampleLogger.log)
     GenerationEvaluator.run = _timed("generating", GenerationEvaluator.run)
     GenerationEvaluator._measure = _timed("  of which measuring generated audio", GenerationEvaluator._measure)
-    SampleLogger.log_codes = _timed("logging generated audio and the spectrogram image", SampleLogger.log_codes)
+    SampleLogger.log_generated = _timed("logging generated audio and spectrogram images", SampleLogger.log_generated)
     run_demo(args.output_dir, args.steps, args.overrides)
     steps, evals = SECONDS.pop("steps"), SECONDS.pop("evaluations")
     print(f"optimizer steps {steps:.1f} s, evaluations {evals:.1f} s: evaluation share {evals / (steps + evals):.1%} "

@@ -9,7 +9,8 @@ python -m ds_train info --check-model DIR [--codec-path DIR]
 
 Options and section.key=value overrides may come in any order. An expected error (config, missing file, bad input,
 bad checkpoint, world-size mismatch, health halt) prints one `error: ...` line and exits with its own code (README
-"Errors and exit codes"); add --traceback (or set DS_TRAIN_TRACEBACK=1) for the full trace.
+"Errors and exit codes"); add --traceback (or set DS_TRAIN_TRACEBACK=1) for the full trace. Known dependency
+warnings that tell the user nothing are hidden; DS_TRAIN_DEBUG_WARNINGS=1 shows them.
 """
 
 from __future__ import annotations
@@ -18,10 +19,28 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
+
+# Deprecations inside dependencies (the codec's weight_norm, torch's own TypedStorage and jit, resemblyzer's scipy
+# import): nothing a user of this trainer can act on. Shown with DS_TRAIN_DEBUG_WARNINGS=1.
+KNOWN_WARNINGS = (
+    (FutureWarning, r"`torch\.nn\.utils\.weight_norm` is deprecated"),
+    (UserWarning, r"TypedStorage is deprecated"),
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
+    (DeprecationWarning, r"Please import `binary_dilation` from the `scipy\.ndimage` namespace"),
+)
+
+
+def quiet_known_warnings() -> None:
+    if os.environ.get("DS_TRAIN_DEBUG_WARNINGS") == "1":
+        return
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _setup_logging() -> None:
+    quiet_known_warnings()
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=logging.INFO if rank == "0" else logging.WARNING,
@@ -222,9 +241,10 @@ def _print_where(result) -> None:
     best = f", best eval loss: {best_tag}" if best_tag else ""
     print(f"Checkpoints:      {result.checkpoint_dir} (latest: global_step{result.final_step}{best})")
     print(f"View them with:   tensorboard --logdir {result.tensorboard_dir}")
-    shown = {"eval/loss": "loss", "eval/conditioning_gain": "conditioning gain", "eval/gen_stop_rate": "stop rate",
-             "eval/gen_duration_ratio": "duration ratio", "eval/gen_silence_share": "silence",
-             "eval/gen_speaker_sim": "speaker similarity", "eval/gen_wer": "WER"}  # fmt: skip
+    shown = {"eval/loss": "loss", "cloning/conditioning_gain": "conditioning gain",
+             "cloning/gen_stop_rate": "stop rate", "cloning/gen_duration_ratio": "duration ratio",
+             "cloning/gen_silence_share": "silence",
+             "cloning/gen_speaker_sim": "speaker similarity", "cloning/gen_wer": "WER"}  # fmt: skip
     last = [f"{name} {result.last_eval[key]:.4g}" for key, name in shown.items() if key in result.last_eval]
     if last:
         print(f"Last evaluation:  {', '.join(last)}")

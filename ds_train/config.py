@@ -262,13 +262,13 @@ class MonitorSection(_Section):
     # decoded text and audio to TensorBoard every N steps (rank 0)
     decode_every: int = ranged(100, 0, note="0 = never")
     # Each evaluation, rank 0 also generates (free-running, greedy) `generate_samples` eval examples (the first ones,
-    # the same each time), each up to twice its real length and at most `generate_seconds`; it reports eval/gen_*
+    # the same each time), each up to twice its real length and at most `generate_seconds`; it reports cloning/gen_*
     # (stop rate, duration ratio, silence; ds_train/evaluation/generation_eval.py) and logs the first as TensorBoard
     # audio. Under ZeRO-3 every rank generates the same batch in step (no rank holds every weight). 0 = off.
     generate_seconds: float = ranged(10.0, 0, note="0 = off")
     generate_samples: int = ranged(4, 0, note="0 = off")
-    speaker_model: str | None = None  # local transformers x-vector model dir: adds eval/gen_speaker_sim(_target)
-    asr_model: str | None = None  # local transformers Whisper ASR dir: adds eval/gen_wer(_target)
+    speaker_model: str | None = None  # local transformers x-vector model dir: adds cloning/gen_speaker_sim(_target)
+    asr_model: str | None = None  # local transformers Whisper ASR dir: adds cloning/gen_wer(_target)
     # Conditioning gain (ds_train/evaluation/conditioning.py): each evaluation also scores the eval set with another
     # speaker's reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
     # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.

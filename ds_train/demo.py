@@ -17,7 +17,7 @@ from data_pipeline.codecs import tiny_dac
 from data_pipeline.demo.corpus import EVAL_MANIFEST, make_demo_corpus
 from ds_train.components.distributed import init_distributed, native_bf16
 from ds_train.config import load_run_config
-from ds_train.evaluation.conditioning import GAIN, ConditioningGain
+from ds_train.evaluation.conditioning import GAIN, ConditioningGain, true_reference_loss
 from ds_train.trainer import Trainer, TrainResult
 
 log = logging.getLogger("ds_train")
@@ -28,13 +28,15 @@ EVAL_SPEAKERS = 2  # held-out voices: two, so that the eval set's references can
 @dataclass
 class DemoResult:
     train: TrainResult
-    # eval/conditioning_gain* and eval/loss_*_ref of the final model: on the training voices, on the held-out ones
+    # eval/loss and cloning/* of the final model: on the training voices, on the held-out ones
     training_voices: dict[str, float] = field(default_factory=dict)
     held_out_voices: dict[str, float] = field(default_factory=dict)
+    speaker_encoder: str | None = None  # what measured cloning/gen_speaker_sim (None: not measured)
 
     def summary(self) -> list[str]:
         """The demo's conditioning-gain lines (the gain is the eval loss with another speaker's reference minus the
-        loss with the sample's own: > 0 means the model uses the reference voice)."""
+        loss with the sample's own: > 0 means the model uses the reference voice), its speaker similarity and word
+        error rate lines (or how to get them), and where to look in TensorBoard."""
         lines = []
         for name, values in (("training voices", self.training_voices), ("held-out voices", self.held_out_voices)):
             if GAIN not in values:
@@ -42,10 +44,29 @@ class DemoResult:
                 continue
             parts = [f"{k} {values[f'{GAIN}_{k}']:+.4f}" for k in ("codes", "whisper") if f"{GAIN}_{k}" in values]
             lines.append(
-                f"Conditioning gain, {name}: {values[GAIN]:+.4f} nats (loss {values['eval/loss_true_ref']:.4f} with "
-                f"the own reference, {values['eval/loss_swapped_ref']:.4f} with another voice's"
+                f"Conditioning gain, {name}: {values[GAIN]:+.4f} nats (loss {true_reference_loss(values):.4f} with "
+                f"the own reference, {values['cloning/loss_swapped_ref']:.4f} with another voice's"
                 + (f"; swapped alone: {', '.join(parts)})" if parts else ")")
             )
+        held_out = self.held_out_voices
+        if "cloning/gen_speaker_sim" in held_out:
+            lines.append(
+                f"Speaker similarity, held-out voices: generated vs reference {held_out['cloning/gen_speaker_sim']:.3f}"
+                f", real target vs reference {held_out['cloning/gen_speaker_sim_target']:.3f} (the ceiling); by "
+                f"{self.speaker_encoder}"
+            )
+        else:
+            lines.append("Speaker similarity: not measured (generation off, or no speaker encoder: install resemblyzer "
+                         "from requirements.txt or set monitor.speaker_model)")  # fmt: skip
+        if "cloning/gen_wer" in held_out:
+            lines.append(f"Word error rate, held-out voices: generated {held_out['cloning/gen_wer']:.3f}, real target "
+                         f"{held_out['cloning/gen_wer_target']:.3f} (the floor)")  # fmt: skip
+        else:
+            lines.append("Word error rate: off (no offline ASR ships in a package; add monitor.asr_model=<a local "
+                         "transformers Whisper directory> to log cloning/gen_wer)")  # fmt: skip
+        lines.append("TensorBoard: the CUSTOM SCALARS tab shows train, eval, cloning, perf and the health counters "
+                     "(non-zero first); a short run's eval charts have a point per evaluation only: untick \"Ignore "
+                     "outliers in chart scaling\" in the settings if they look empty")  # fmt: skip
         return lines
 
 
@@ -57,7 +78,8 @@ def training_voices_gain(trainer: Trainer) -> dict[str, float]:
     evaluator = trainer.evaluator.with_dataset(trainer.data.dataset)
     gain = ConditioningGain(evaluator, trainer.data.layout, trainer.cfg.whisper.enabled, trainer.cfg.train.seed,
                             verbose=False)  # fmt: skip
-    return gain.run(trainer.engine, evaluator.run(trainer.engine))
+    values = evaluator.run(trainer.engine)
+    return {**values, **gain.run(trainer.engine, values)}
 
 
 def run_demo(output_dir: str | Path, steps: int, overrides: list[str] | tuple[str, ...] = ()) -> DemoResult:
@@ -92,5 +114,5 @@ def run_demo(output_dir: str | Path, steps: int, overrides: list[str] | tuple[st
     )
     trainer = Trainer(cfg)
     result = trainer.fit()
-    held_out = {k: v for k, v in trainer.last_eval.items() if k.startswith(("eval/conditioning", "eval/loss_"))}
-    return DemoResult(result, training_voices_gain(trainer), held_out)
+    speaker = trainer.generation.speaker if trainer.generation is not None else None
+    return DemoResult(result, training_voices_gain(trainer), dict(trainer.last_eval), speaker and speaker.name)

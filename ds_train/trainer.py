@@ -37,7 +37,7 @@ from ds_train.evaluation.generation_eval import GenerationEvaluator
 from ds_train.evaluation.held_out import BestEval, Evaluator
 from ds_train.evaluation.intelligibility import Transcriber
 from ds_train.evaluation.sample_logger import SampleLogger
-from ds_train.evaluation.speaker_similarity import SpeakerEncoder
+from ds_train.evaluation.speaker_similarity import speaker_encoder
 from ds_train.inference.generate import frame_budget
 from ds_train.model.build import build_model, build_tokenizer
 from ds_train.model.loss import LabelCounts, LossSums, LossWeights
@@ -45,7 +45,7 @@ from ds_train.monitor.batch_checks import BatchRules, collate_screened
 from ds_train.monitor.grad_norms import fp32_masters, part_grad_norms
 from ds_train.monitor.health import HealthCheck, HealthError
 from ds_train.monitor.health_monitor import HealthMonitor, ScheduleReference, apply_lr_floor
-from ds_train.monitor.metrics import MetricsProcessor, StepMeasurement
+from ds_train.monitor.metrics import MetricsProcessor, StepMeasurement, announced
 
 log = logging.getLogger("ds_train")
 STEP_RETRIES = 10  # steps whose every micro-batch had a non-finite loss, retried on the next data before halting
@@ -53,6 +53,14 @@ STEP_RETRIES = 10  # steps whose every micro-batch had a non-finite loss, retrie
 
 class _NoUsableMicroBatch(Exception):
     """Every micro-batch of a step had a non-finite loss on some rank: nothing was back-propagated."""
+SPEAKER_LOOKUP_ROWS = 50_000  # training sets up to this size get speaker names in sample captions (a dict per row)
+
+
+def speaker_names(dataset, limit: int | None = None) -> dict[str, str | None]:
+    """Sample id -> speaker of a dataset's rows, for captions; {} for a dataset longer than `limit`."""
+    if limit is not None and len(dataset) > limit:
+        return {}
+    return {dataset.row_sizes(i).sample_id: speaker for i, speaker in enumerate(dataset.speakers)}
 
 
 @dataclass
@@ -160,9 +168,14 @@ class Trainer:
             purge_step=self.step + 1 if resume else None,
         )  # fmt: skip
         llm_cfg = self.engine.module.llm.config
+        speakers = {}
+        if self.metrics.writer is not None and cfg.monitor.decode_every > 0:
+            speakers = speaker_names(self.data.dataset, SPEAKER_LOOKUP_ROWS)
+            if self.data.eval_dataset is not None:
+                speakers.update(speaker_names(self.data.eval_dataset))
         self.samples = SampleLogger(
             self.metrics.writer, self.tokenizer, self.data.codec, self.geometry,
-            llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id,
+            llm_cfg.audio_token_id, llm_cfg.audio_delay_token_id, speakers,
         )  # fmt: skip
         self.evaluator = None
         if self.data.eval_dataset is not None and t.eval_every > 0:
@@ -223,7 +236,7 @@ class Trainer:
         self.monitor.end_step(step, self.engine.module, grad_norm, lr_scheduled, lr)
         measured = StepMeasurement(
             step, sums.all_reduce(self.device), grad_norm, lr, lr_scheduled, time.perf_counter() - started,
-            self.batches.take_wait_seconds(), part_norms,
+            self.batches.take_wait_seconds(), part_norms, self._epoch(),
         )  # fmt: skip
         values = self.metrics.step_values(measured, self._counters())
         decode_every = self.cfg.monitor.decode_every
@@ -274,6 +287,12 @@ class Trainer:
                         "label counts as denominators", self.step + 1, fillers, len(micro_batches))  # fmt: skip
         return sums, first
 
+    def _epoch(self) -> float:
+        """Epochs of data consumed so far, with the fraction of the current one."""
+        sampler = self.batches.sampler
+        position = sampler.position(self.batches.fetched)
+        return position.epoch + position.offset / max(1, sampler.batches_per_epoch * sampler.world_size)
+
     def _part_norms_due(self, step: int) -> bool:
         """Per-part norms every monitor.part_norms_every steps and at step 1; every step under ZeRO-0 fp32, where
         DeepSpeed keeps no global norm and the per-part pass yields it."""
@@ -301,26 +320,29 @@ class Trainer:
         return values
 
     def _evaluate_and_log(self, step: int) -> dict[str, float]:
-        values = self.evaluate()
+        verbose = self.rank == 0
+        with announced(f"evaluation at step {step} ({len(self.data.eval_dataset)} held-out samples)", verbose):
+            values = self.evaluate()
         self.last_eval = values
         self.metrics.log_eval(step, values)
         check_reference_ignored(self.monitor, self.cfg.monitor, step, values)
         sample = self.evaluator.first_sample
-        generating = self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0
         if self.rank == 0 and sample is not None and self.cfg.monitor.decode_every > 0:
-            # with generation on, the image with the generated panel (reference | target | teacher-forced | generated)
-            self.samples.log(step, *sample, prefix="eval_samples", spectrograms=not generating)
-        if generating:
-            self._log_generated(step)
+            self.samples.log(step, *sample, prefix="eval_samples")
+        if self.cfg.monitor.generate_seconds > 0 and self.cfg.monitor.generate_samples > 0:
+            m = self.cfg.monitor
+            with announced(f"generating {min(m.generate_samples, len(self.data.eval_dataset))} held-out samples "
+                           f"free-running (up to {m.generate_seconds:g} s each)", verbose):  # fmt: skip
+                self._log_generated(step)
         self.evaluator.first_sample = None
         return values
 
     def _log_generated(self, step: int) -> None:
-        """Free-running generation for a fixed subset of the eval set -> eval/gen_* scalars and, for its first
-        sample, TensorBoard audio `eval_samples/generated`. Rank 0 generates alone, except under ZeRO-3, where no rank
-        holds every weight: there every rank generates the same batch in step (each forward gathers the partitioned
-        weights from all ranks; transformers' `synced_gpus` keeps a rank that finishes first taking part), and rank 0
-        measures and logs."""
+        """Free-running generation for a fixed subset of the eval set -> cloning/gen_* scalars and, for each of its
+        samples, captioned TensorBoard audio and spectrograms under `eval_generated/<k>/`. Rank 0 generates alone,
+        except under ZeRO-3, where no rank holds every weight: there every rank generates the same batch in step (each
+        forward gathers the partitioned weights from all ranks; transformers' `synced_gpus` keeps a rank that
+        finishes first taking part), and rank 0 measures and logs."""
         zero3 = self.engine.zero_optimization_stage() >= 3
         if self.rank != 0 and not zero3:
             return
@@ -332,17 +354,22 @@ class Trainer:
         self.metrics.log_scalars(step, values)
         self.last_eval.update(values)
         if values:
-            log.info("eval generation %5d | %s", step, " | ".join(f"{k[9:]} {v:.3g}" for k, v in values.items()))
-        generated = self.generation
-        if generated.last_codes is not None:
-            self.samples.log_codes(step, "eval_samples/generated", generated.last_codes, generated.last_wave)
-        else:
-            self.samples.log_spectrograms(step, "eval_samples")
+            shown = " | ".join(f"{k.removeprefix('cloning/gen_')} {v:.3g}" for k, v in values.items())
+            log.info("eval generation %5d | %s", step, shown)
+        speaker = self.generation.speaker
+        if "cloning/gen_speaker_sim" in values:
+            log.info("eval generation %5d | speaker similarity %.3f to the reference (the real target's: %.3f) by %s",
+                     step, values["cloning/gen_speaker_sim"], values["cloning/gen_speaker_sim_target"],
+                     speaker.name)  # fmt: skip
+        if self.cfg.monitor.decode_every > 0:
+            self.samples.log_generated(step, self.generation.generated, speaker.name if speaker else None)
 
     def _build_generation(self) -> GenerationEvaluator:
         m, llm_cfg = self.cfg.monitor, self.engine.module.llm.config
         measures = self.rank == 0  # the other ranks only take part in generation (ZeRO-3)
-        speaker = SpeakerEncoder(m.speaker_model, self.device) if m.speaker_model and measures else None
+        speaker = speaker_encoder(m.speaker_model, self.device) if measures else None
+        if speaker is not None:
+            log.info("speaker similarity (cloning/gen_speaker_sim) by %s", speaker.name)
         asr = Transcriber(m.asr_model, self.device) if m.asr_model and measures else None
         return GenerationEvaluator(
             self.data.eval_dataset, self.data.collator, self.data.codec, self.geometry, m.generate_samples,
@@ -361,7 +388,8 @@ class Trainer:
             "num_codebooks": self.geometry.num_codebooks,
             "codec_codebook_size": self.geometry.codec_codebook_size,
         }
-        tag = self.checkpointer.save(self.engine, self.cfg, meta, best)
+        with announced(f"saving checkpoint global_step{self.step}", self.rank == 0):
+            tag = self.checkpointer.save(self.engine, self.cfg, meta, best)
         if self.cfg.train.debug_kill_after_step == self.step and self.rank == 0:
             log.warning("train.debug_kill_after_step=%d: killing rank 0 with SIGKILL", self.step)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -409,6 +437,14 @@ class Trainer:
         return result
 
     def _log_start(self) -> None:
+        if self.rank == 0 and self.step == 0:  # the run card at step 0 (a resumed run keeps the first one)
+            d = self.cfg.data
+            self.metrics.log_run_card(self.cfg, {
+                "output_dir": self.out_dir, "tensorboard": self.tb_dir, "checkpoints": self.ckpt_dir,
+                "manifest": d.manifest, "prepared": d.prepared, "eval_manifest": d.eval_manifest,
+                "eval_prepared": d.eval_prepared, "codec_path": d.codec_path, "model.path": self.cfg.model.path,
+                "whisper.path": self.cfg.whisper.path if self.cfg.whisper.enabled else None,
+            }, str(self.device))  # fmt: skip
         if self.rank == 0:
             log.info(
                 "training %d examples (%d rejected) on %d rank(s), device %s, ZeRO-%d, %s, step %d -> %d",

@@ -61,6 +61,31 @@ def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
+@dataclass
+class LoggedAudio:
+    step: int
+    wav: bytes  # the encoded WAV file
+    description: str  # the tag's description (its card's caption)
+
+
+def read_audio(logdir: Path) -> dict[str, list[LoggedAudio]]:
+    """TensorBoard audio (the audio plugin's tensor form) per tag, in step order."""
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["tensors"] if acc.SummaryMetadata(t).plugin_data.plugin_name == "audio"]
+    return {t: [LoggedAudio(e.step, e.tensor_proto.string_val[0], acc.SummaryMetadata(t).summary_description)
+                for e in acc.Tensors(t)] for t in tags}  # fmt: skip
+
+
+def read_text(logdir: Path) -> dict[str, dict[int, str]]:
+    """TensorBoard text cards: tag (without /text_summary) -> step -> markdown."""
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["tensors"] if t.endswith("/text_summary")]
+    return {t.removesuffix("/text_summary"): {e.step: e.tensor_proto.string_val[0].decode() for e in acc.Tensors(t)}
+            for t in tags}  # fmt: skip
+
+
 def command_env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):

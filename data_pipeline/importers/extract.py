@@ -16,18 +16,17 @@ import hashlib
 import io
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from data_pipeline.importers.common import BadEntry, ImportResult, check_row, manifest_path, write_result
 from data_pipeline.importers.pairs import Utterance, pair_utterances
 from data_pipeline.ingest.manifest import Reject, type_name
+from data_pipeline.progress import Progress
 
 # soundfile's format name -> file extension (anything else: the format name, lower-cased).
 EXTENSIONS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "MP3": "mp3", "AIFF": "aiff"}
@@ -82,9 +81,9 @@ def corpus_name(item: str | Path) -> str:
     return Path(str(item).split("{")[0]).name.split(".")[0] or "speaker"
 
 
-def progress(show_progress: bool, desc: str) -> tqdm:
-    """A records/s bar on stderr, only for a person watching (not in logs or tests)."""
-    return tqdm(desc=desc, unit="rec", disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True)
+def progress(show_progress: bool, desc: str) -> Progress:
+    """Records imported so far on stderr: a bar in a terminal, a plain line every 30 s in a log."""
+    return Progress(None, desc, "rec", show_progress)
 
 
 def text_value(value: Any, name: str) -> str:

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from data_pipeline.codecs import Codec
 from data_pipeline.errors import InputError
@@ -18,6 +17,7 @@ from data_pipeline.layout.builder import LayoutBuilder
 from data_pipeline.loading.reference_swap import RowSizes
 from data_pipeline.prepare.encode_rows import encode_rows
 from data_pipeline.prepare.shards import EncodedRow
+from data_pipeline.progress import Progress
 from data_pipeline.types import VoiceCloningExample
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class EncodedVoiceCloningDataset(Dataset):
     ) -> None:
         rows, self.rejects = read_manifest(manifest)
         files = len({p for r in rows for p in (r.ref_audio, r.audio)})
-        with tqdm(total=files, desc="encoding audio", unit="file", disable=not show_progress) as bar:
+        with Progress(files, "encoding audio", "file", show_progress) as bar:
             encoded, rejects = encode_rows(
                 rows, codec, limits or Limits(), str(manifest), encode_batch_size, on_batch=bar.update
             )

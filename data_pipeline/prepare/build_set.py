@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
 from data_pipeline.codecs import Codec, load_codec
 from data_pipeline.errors import DATA_ERRORS, InputError, UsageError, run_cli
@@ -48,6 +47,7 @@ from data_pipeline.prepare.utterance_store import (
     write_table_atomically,
     write_utterance_shard,
 )
+from data_pipeline.progress import Progress
 from data_pipeline.types import AudioGeometry, geometry_mismatch
 
 log = logging.getLogger("data_pipeline.prepare")
@@ -180,15 +180,14 @@ def prepare(cfg: PrepareConfig, rank: int = 0, world_size: int = 1, show_progres
     todo = [k for k in mine if not (out / utterance_shard_name(k)).is_file()]
     if len(todo) < len(mine):
         log.info("rank %d: %d of %d shards already done, skipping them", rank, len(mine) - len(todo), len(mine))
-    bar = tqdm(total=sum(len(shards[k]) for k in todo), unit="file", desc=f"prepare rank {rank}",
-               disable=not show_progress, dynamic_ncols=True)  # fmt: skip
+    bar = Progress(sum(len(shards[k]) for k in todo), f"prepare rank {rank}", "file", show_progress)
     hours, unusable = 0.0, 0
     for k in todo:
         encoded = encode_utterances(shards[k], codec, limits, cfg.encode_batch, on_batch=bar.update)
         write_utterance_shard(out / utterance_shard_name(k), encoded, cfg.pcm_format)
         hours += sum(u.seconds for u in encoded) / 3600
         unusable += sum(u.error is not None for u in encoded)
-        bar.set_postfix(audio_h=f"{hours:.2f}", h_per_s=f"{hours / max(1e-9, bar.format_dict['elapsed']):.4f}",
+        bar.set_postfix(audio_h=f"{hours:.2f}", h_per_s=f"{hours / max(1e-9, bar.elapsed):.4f}",
                         unusable=unusable, refresh=False)  # fmt: skip
     bar.close()
     if world_size > 1:

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from data_pipeline.errors import DATA_ERRORS, InputError, UsageError, run_cli
 from data_pipeline.layout.whisper_features import WHISPER_SAMPLE_RATE
@@ -37,6 +36,7 @@ from data_pipeline.prepare.utterance_store import (
     utterance_shard_name,
     write_utterance_shard,
 )
+from data_pipeline.progress import Progress
 
 
 def _digest(blob: bytes, frames: int) -> bytes:
@@ -83,7 +83,7 @@ def convert(old: str | Path, new: str | Path, utterances_per_shard: int = 512, s
             where[u.uid] = (written, row)
         written, buffer = written + 1, []
 
-    bar = tqdm(total=len(uid_of), unit="utt", desc="convert", disable=not show_progress)
+    bar = Progress(len(uid_of), "convert", "utt", show_progress)
     for k in shards:  # pass 2: write each utterance once, with its PCM if it is a reference
         file = pq.ParquetFile(old / shard_name(k), memory_map=True)
         for g in range(file.num_row_groups):

@@ -1,14 +1,15 @@
 """Conditioning gain: does the model use its reference voice?
 
-At each evaluation the eval set is scored twice with teacher forcing: with each sample's own reference
-(`eval/loss_true_ref`) and with the reference of another speaker (`eval/loss_swapped_ref`; a seeded cross-speaker
-derangement, `data_pipeline.loading.reference_swap.plan_swaps`). The gain is their difference, swapped - true,
-token-weighted like `eval/loss` (per codebook too: `eval/conditioning_gain_cb{k}`). A model that ignores its reference
-scores ~0. With Whisper on, the codec codes alone (`eval/conditioning_gain_codes`) and the Whisper span alone
-(`eval/conditioning_gain_whisper`) are swapped as well, to show which path carries the voice.
+At each evaluation the eval set is scored twice with teacher forcing: with each sample's own reference (the evaluation's
+`eval/loss`) and with the reference of another speaker (`cloning/loss_swapped_ref`; a seeded cross-speaker derangement,
+`data_pipeline.loading.reference_swap.plan_swaps`). The gain is their difference, swapped - true, token-weighted like
+`eval/loss` (per codebook too: `cloning/conditioning_gain_cb{k}`). A model that ignores its reference scores ~0. With
+Whisper on, the codec codes alone (`cloning/conditioning_gain_codes`) and the Whisper span alone
+(`cloning/conditioning_gain_whisper`) are swapped as well, to show which path carries the voice.
 
-The true-reference loss is the evaluation's own `eval/loss` when every sample has a speaker label (the same examples);
-otherwise the labelled subset is scored once more with its own references. Every pass runs through `Evaluator`, so
+The true-reference loss is the evaluation's own `eval/loss` when every sample has a speaker label (the same examples,
+so it is not logged twice); otherwise the labelled subset is scored once more with its own references and logged as
+`cloning/loss_true_ref`. Every pass runs through `Evaluator`, so
 the sums are exact over ranks and micro-batching, and all ranks run the same forwards (ZeRO-3).
 """
 
@@ -29,7 +30,8 @@ from ds_train.monitor.health import HealthCheck
 from ds_train.monitor.health_monitor import HealthMonitor
 
 log = logging.getLogger("ds_train")
-GAIN = "eval/conditioning_gain"
+GAIN = "cloning/conditioning_gain"
+TRUE_LOSS = "cloning/loss_true_ref"  # logged only when it is not eval/loss (see `true_reference_loss`)
 
 
 class _Subset(Dataset):
@@ -48,7 +50,7 @@ class _Subset(Dataset):
 
 def _losses(values: dict[str, float], num_codebooks: int) -> tuple[float, list[float]]:
     """(eval/loss, per-codebook eval losses) from an `Evaluator.run` result."""
-    return values["eval/loss"], [values[f"eval_codebook_loss/{k}"] for k in range(num_codebooks)]
+    return values["eval/loss"], [values[f"eval/codebook_loss/{k}"] for k in range(num_codebooks)]
 
 
 class ConditioningGain:
@@ -86,25 +88,31 @@ class ConditioningGain:
     @torch.no_grad()
     def run(self, engine: torch.nn.Module, eval_values: dict[str, float]) -> dict[str, float]:
         """`eval_values`: the evaluation's own result (the true-reference loss when every sample is labelled).
-        -> eval/loss_true_ref, eval/loss_swapped_ref, eval/conditioning_gain (+ _cb{k}, _codes, _whisper) and
-        eval/conditioning_time_s (seconds these passes took); {} when the set cannot be swapped."""
+        -> cloning/loss_true_ref (only when it differs from eval/loss: some samples lack a speaker label),
+        cloning/loss_swapped_ref, cloning/conditioning_gain (+ _cb{k}, _codes, _whisper) and
+        cloning/conditioning_time_s (seconds these passes took); {} when the set cannot be swapped."""
         if self.plan is None:
             return {}
         started = time.perf_counter()
         true_values = self.true_pass.run(engine) if self.true_pass is not None else eval_values
         true_loss, true_cb = _losses(true_values, self.num_codebooks)
-        out = {"eval/loss_true_ref": true_loss}
+        out = {TRUE_LOSS: true_loss} if self.true_pass is not None else {}
         for mode, evaluator in self.passes.items():
             loss, per_codebook = _losses(evaluator.run(engine), self.num_codebooks)
             evaluator.first_sample = None  # the sample logger shows true-reference samples only
             if mode == "all":
-                out["eval/loss_swapped_ref"] = loss
+                out["cloning/loss_swapped_ref"] = loss
                 out[GAIN] = loss - true_loss
                 out.update({f"{GAIN}_cb{k}": per_codebook[k] - true_cb[k] for k in range(self.num_codebooks)})
             else:
                 out[f"{GAIN}_{mode}"] = loss - true_loss
-        out["eval/conditioning_time_s"] = time.perf_counter() - started
+        out["cloning/conditioning_time_s"] = time.perf_counter() - started
         return out
+
+
+def true_reference_loss(values: dict[str, float]) -> float:
+    """The eval loss with each sample's own reference, from an evaluation's values (eval/* and cloning/*)."""
+    return values.get(TRUE_LOSS, values["eval/loss"])
 
 
 def check_reference_ignored(monitor: HealthMonitor, cfg: MonitorSection, step: int, values: dict[str, float]) -> None:
@@ -117,7 +125,7 @@ def check_reference_ignored(monitor: HealthMonitor, cfg: MonitorSection, step: i
     failed = not (math.isfinite(gain) and gain >= cfg.reference_ignored_below)
     message = (
         f"conditioning gain {gain:.4f} nats (eval loss with another speaker's reference "
-        f"{values['eval/loss_swapped_ref']:.4f} - with its own {values['eval/loss_true_ref']:.4f}) is below "
+        f"{values['cloning/loss_swapped_ref']:.4f} - with its own {true_reference_loss(values):.4f}) is below "
         f"monitor.reference_ignored_below={cfg.reference_ignored_below}"
     )
     monitor.report_evaluation(HealthCheck.REFERENCE_IGNORED, step, message, failed)

@@ -7,9 +7,9 @@ target from its prompt in one batch (greedy, up to the target's length x `LENGTH
 - `gen_stop_rate`: share that ended with the stream EOS before the length cap ("runs to the maximum length");
 - `gen_duration_ratio`: generated / real target duration, mean over the subset;
 - `gen_silence_share`: share of 20 ms frames of the decoded audio below `SILENT_FRAME_DBFS` ("silent output");
-- with a speaker model (`monitor.speaker_model`, a local x-vector directory): `gen_speaker_sim`, the cosine between
-  speaker embeddings of the generated audio and the reference, next to `gen_speaker_sim_target`, the same for the
-  real target (the ceiling).
+- with a speaker encoder (by default resemblyzer's GE2E, whose weights ship in its package; `monitor.speaker_model`:
+  a local transformers x-vector directory instead): `gen_speaker_sim`, the cosine between speaker embeddings of the
+  generated audio and the reference, next to `gen_speaker_sim_target`, the same for the real target (the ceiling).
 - with an ASR model (`monitor.asr_model`, a local Whisper directory): `gen_wer`, the word (CJK: character) error rate
   of its transcript against the text, next to `gen_wer_target`, the same for the real target (the floor).
 - `gen_time_s`: seconds the subset took to load, generate, decode and measure.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,6 +52,21 @@ class GeneratedSample:
     text_units: int | None = None
 
 
+@dataclass
+class GeneratedAudio:
+    """One generated eval sample with what it is judged against, for TensorBoard: waveforms [S] (empty when nothing
+    was generated) of the reference, the real target and the generated audio."""
+
+    sample_id: str
+    speaker: str | None
+    ref_text: str
+    text: str
+    reference: torch.Tensor
+    target: torch.Tensor
+    wave: torch.Tensor
+    measures: GeneratedSample = field(repr=False)
+
+
 def silence_share(wave: torch.Tensor, sample_rate: int, dbfs: float = SILENT_FRAME_DBFS) -> float:
     """Share of the `FRAME_SECONDS` frames of `wave` [S] whose RMS is below `dbfs`; 1.0 for no audio at all."""
     size = max(1, int(sample_rate * FRAME_SECONDS))
@@ -67,18 +82,18 @@ def summarize(samples: list[GeneratedSample]) -> dict[str, float]:
         return {}
     n = len(samples)
     values = {
-        "eval/gen_samples": float(n),
-        "eval/gen_stop_rate": sum(s.stopped for s in samples) / n,
-        "eval/gen_duration_ratio": sum(s.seconds / max(s.target_seconds, 1e-6) for s in samples) / n,
-        "eval/gen_silence_share": sum(s.silence_share for s in samples) / n,
+        "cloning/gen_samples": float(n),
+        "cloning/gen_stop_rate": sum(s.stopped for s in samples) / n,
+        "cloning/gen_duration_ratio": sum(s.seconds / max(s.target_seconds, 1e-6) for s in samples) / n,
+        "cloning/gen_silence_share": sum(s.silence_share for s in samples) / n,
     }
     if all(s.speaker_sim is not None for s in samples):
-        values["eval/gen_speaker_sim"] = sum(s.speaker_sim for s in samples) / n
-        values["eval/gen_speaker_sim_target"] = sum(s.speaker_sim_target for s in samples) / n
+        values["cloning/gen_speaker_sim"] = sum(s.speaker_sim for s in samples) / n
+        values["cloning/gen_speaker_sim_target"] = sum(s.speaker_sim_target for s in samples) / n
     if all(s.errors is not None for s in samples):  # corpus-level rate: errors over all words of the subset
         units = max(1, sum(s.text_units for s in samples))
-        values["eval/gen_wer"] = sum(s.errors for s in samples) / units
-        values["eval/gen_wer_target"] = sum(s.errors_target for s in samples) / units
+        values["cloning/gen_wer"] = sum(s.errors for s in samples) / units
+        values["cloning/gen_wer_target"] = sum(s.errors_target for s in samples) / units
     return values
 
 
@@ -93,19 +108,20 @@ class GenerationEvaluator:
     ) -> None:  # fmt: skip
         self.dataset, self.collator, self.codec, self.geometry = dataset, collator, codec, geometry
         self.indices = list(range(min(count, len(dataset))))
+        speakers = dataset.speakers
+        self.speakers = {i: speakers[i] for i in self.indices}
         self.audio_out_bos, self.audio_placeholders = audio_out_bos, audio_placeholders
         self.speaker = speaker
         self.max_frames = max_frames  # the generated frames allowed per sample, whatever its target's length
         self.asr = asr
-        self.last_codes: torch.Tensor | None = None  # the first sample's generated codes [C, T], for TensorBoard
-        self.last_wave: torch.Tensor | None = None  # ...and their decoded waveform [S]
+        self.generated: list[GeneratedAudio] = []  # the last run's samples with their audio, for TensorBoard
 
     def run(self, model, synced_ranks: bool = False, measure: bool = True) -> dict[str, float]:
-        """eval/gen_* over the subset, generated as one batch (examples that fail to load or measure are logged and
+        """cloning/gen_* over the subset, generated as one batch (examples that fail to load or measure are logged and
         left out). `synced_ranks`: every rank calls this with the same subset, generating in step (ZeRO-3); those that
         do not report pass `measure=False` and get {}."""
         was_training = model.training
-        self.last_codes = self.last_wave = None
+        self.generated = []
         started = time.perf_counter()
         try:
             loaded = [item for item in map(self._load, self.indices) if item is not None]
@@ -131,7 +147,7 @@ class GenerationEvaluator:
                             type(err).__name__, err)  # fmt: skip
         values = summarize(results)
         if values:
-            values["eval/gen_time_s"] = time.perf_counter() - started
+            values["cloning/gen_time_s"] = time.perf_counter() - started
         return values
 
     def _load(self, index: int) -> tuple[int, str, Prompt, torch.Tensor, torch.Tensor] | None:
@@ -161,22 +177,25 @@ class GenerationEvaluator:
         codes = frames_to_codes(frames, self.geometry)
         rate, sr = self.codec.frame_rate, self.codec.sample_rate
         wave = self.codec.decode(codes).clamp(-1, 1) if codes.shape[1] else torch.zeros(0)
-        if index == self.indices[0]:
-            self.last_codes, self.last_wave = codes, wave
         sim = sim_target = errors = errors_target = units = None
-        target = self.codec.decode(target_codes).clamp(-1, 1) if self.speaker or self.asr else None
+        target = self.codec.decode(target_codes).clamp(-1, 1)
+        reference = self.codec.decode(reference_codes).clamp(-1, 1)
+        row = self.dataset.row_sizes(index)
         if self.speaker is not None:
-            voice = self.speaker.embed(self.codec.decode(reference_codes).clamp(-1, 1), sr)  # embedded once
+            voice = self.speaker.embed(reference, sr)  # embedded once
             sim = float(self.speaker.embed(wave, sr) @ voice) if wave.numel() else math.nan
             sim_target = float(self.speaker.embed(target, sr) @ voice)
         if self.asr is not None:
-            text = self.dataset.row_sizes(index).text
-            errors, units = error_counts(text, self.asr.transcribe(wave, sr))
-            errors_target, _ = error_counts(text, self.asr.transcribe(target, sr))
-        return GeneratedSample(
+            errors, units = error_counts(row.text, self.asr.transcribe(wave, sr))
+            errors_target, _ = error_counts(row.text, self.asr.transcribe(target, sr))
+        measures = GeneratedSample(
             sample_id, stopped(frames, self.geometry), codes.shape[1] / rate, target_codes.shape[1] / rate,
             silence_share(wave, sr), sim, sim_target, errors, errors_target, units,
         )  # fmt: skip
+        self.generated.append(GeneratedAudio(
+            sample_id, self.speakers.get(index), row.ref_text, row.text, reference, target, wave, measures,
+        ))  # fmt: skip
+        return measures
 
     def _target_and_reference(self, batch: dict, ref_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Codec codes [C, T] of the real target and of the reference (from the delayed frames of the batch)."""

@@ -125,7 +125,7 @@ class LossSums:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """`{prefix}/loss`, `/audio_loss`, `/audio_top1`, `/text_loss` (with text labels) and per codebook
-        `{prefix}_codebook_loss/k`, `{prefix}_codebook_top1/k` (prefix "train" logs them as `audio_codebook_*/k`)."""
+        `{prefix}/codebook_loss/k`, `{prefix}/codebook_top1/k` (inside the prefix's TensorBoard group)."""
         values = {
             f"{prefix}/loss": self.loss,
             f"{prefix}/audio_loss": self.audio_loss,
@@ -133,9 +133,8 @@ class LossSums:
         }
         if self.text_loss is not None:
             values[f"{prefix}/text_loss"] = self.text_loss
-        per_codebook = "audio" if prefix == "train" else prefix
         top1 = self.correct / self.count.clamp(min=1)
         for k in range(self.num_codebooks):
-            values[f"{per_codebook}_codebook_loss/{k}"] = float(self.codebook_loss[k])
-            values[f"{per_codebook}_codebook_top1/{k}"] = float(top1[k])
+            values[f"{prefix}/codebook_loss/{k}"] = float(self.codebook_loss[k])
+            values[f"{prefix}/codebook_top1/{k}"] = float(top1[k])
         return values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,15 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     proc = run_command([sys.executable, "-m", "ds_train", "demo", "--steps", "12", "--output-dir", str(out)])
     tb = out / "run" / "tensorboard"
     assert f"tensorboard --logdir {tb}" in proc.stdout
-    console = [line for line in proc.stderr.splitlines() if "/12 | loss " in line]
-    assert len(console) == 2 and "step    12/12 | loss" in console[-1]  # step 1 and the last (log_every is 25)
+    console = [line for line in proc.stderr.splitlines() if "/12 | epoch " in line]
+    assert len(console) == 2 and "step    12/12 | epoch 2.00 | " in console[-1]  # step 1 and the last (log_every 25)
+    for part in ("elapsed, ETA 0:00:00", "| loss ", "| grad norm ", "| lr ", "tok/s", "data wait"):
+        assert part in console[-1], part
+    # long phases are announced with their duration; the dependencies' known deprecations are hidden
+    assert "weight_norm" not in proc.stderr and "TypedStorage" not in proc.stderr
+    for phase in ("evaluation at step 12 (24 held-out samples)", "saving checkpoint global_step12",
+                  "generating 4 held-out samples free-running (up to 10 s each)"):  # fmt: skip
+        assert f"{phase} ..." in proc.stderr and re.search(re.escape(phase) + r".*: done in \d+\.\d s", proc.stderr)
     assert (out / "run" / "checkpoints" / "global_step12").is_dir()
     assert len(list((out / "corpus" / "wavs").glob("*.wav"))) == 72
     scalars = read_scalars(tb)
@@ -32,13 +40,19 @@ def test_demo_short_mode(tmp_path: Path) -> None:
     assert scalars["eval/samples"] == {12: 24.0}
     # The conditioning gain: logged at each evaluation (two held-out voices swap references), and the summary prints it
     # for the training voices next to the held-out ones.
-    gain = scalars["eval/conditioning_gain"][12]
-    assert scalars["eval/loss_swapped_ref"][12] - scalars["eval/loss_true_ref"][12] == pytest.approx(gain, abs=1e-4)
+    gain = scalars["cloning/conditioning_gain"][12]
+    assert scalars["cloning/loss_swapped_ref"][12] - scalars["eval/loss"][12] == pytest.approx(gain, abs=1e-4)
     summary = [line for line in proc.stdout.splitlines() if line.startswith("Conditioning gain, ")]
     assert [line.split(":")[0] for line in summary] == [
         "Conditioning gain, training voices", "Conditioning gain, held-out voices"
     ]  # fmt: skip
     assert float(summary[1].split(": ")[1].split(" nats")[0]) == pytest.approx(gain, abs=2e-4)
+    # speaker similarity without any download (generated and the real target's ceiling), and how to get a WER
+    similarity = next(line for line in proc.stdout.splitlines() if line.startswith("Speaker similarity, held-out"))
+    assert f"generated vs reference {scalars['cloning/gen_speaker_sim'][12]:.3f}" in similarity
+    assert f"real target vs reference {scalars['cloning/gen_speaker_sim_target'][12]:.3f} (the ceiling)" in similarity
+    assert similarity.endswith("by resemblyzer 0.1.4 GE2E (offline default)")
+    assert "Word error rate: off (" in proc.stdout and "monitor.asr_model=" in proc.stdout
     assert "swapped alone: codes " in summary[0]
     assert "(latest: global_step12, best eval loss: global_step12)" in proc.stdout
     last = next(line for line in proc.stdout.splitlines() if line.startswith("Last evaluation:"))

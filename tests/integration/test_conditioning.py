@@ -1,4 +1,4 @@
-"""Conditioning gain: the cross-speaker derangement, swapped examples, the eval/conditioning_gain* scalars of a real
+"""Conditioning gain: the cross-speaker derangement, swapped examples, the cloning/conditioning_gain* scalars of a real
 run, and the reference_ignored health check through the real trainer (an injected model that cannot see its
 reference)."""
 
@@ -22,7 +22,7 @@ from ds_train.monitor.health import HealthCheck, HealthError
 from ds_train.trainer import Trainer, train
 from tests.helpers import GEO, make_config, read_scalars
 
-GAIN = "eval/conditioning_gain"
+GAIN = "cloning/conditioning_gain"
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,9 @@ def test_a_trained_model_logs_finite_gains(assets, tmp_path: Path, whisper: bool
     partial = {f"{GAIN}_codes", f"{GAIN}_whisper"} if whisper else set()
     expected = {GAIN, *(f"{GAIN}_cb{k}" for k in range(4)), *partial}
     assert set(gains) == expected and all(math.isfinite(v) for v in gains.values())
-    true, swapped = scalars["eval/loss_true_ref"], scalars["eval/loss_swapped_ref"]
+    # every sample has a speaker: the true-reference loss is eval/loss itself, logged once
+    assert "cloning/loss_true_ref" not in scalars
+    true, swapped = scalars["eval/loss"], scalars["cloning/loss_swapped_ref"]
     assert true == pytest.approx(result.eval_losses[2]) and swapped != pytest.approx(true, abs=1e-6)
     assert scalars[GAIN] == pytest.approx(swapped - true, abs=1e-5)
     assert scalars[GAIN] == pytest.approx(sum(gains[f"{GAIN}_cb{k}"] for k in range(4)), abs=1e-4)
@@ -200,4 +202,4 @@ def test_the_gain_and_its_check_are_skipped_on_a_one_speaker_eval_set(assets, tm
     assert skipped == ["conditioning gain: skipped on this set (1 speaker among the 12 samples with a speaker label; "
                        "a swap needs 2)"]  # fmt: skip
     assert trainer.monitor.failures[HealthCheck.REFERENCE_IGNORED] == 0
-    assert not any(k.startswith("eval/conditioning") for k in read_scalars(tmp_path / "run" / "tensorboard"))
+    assert not any(k.startswith("cloning/conditioning") for k in read_scalars(tmp_path / "run" / "tensorboard"))

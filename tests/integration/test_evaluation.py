@@ -3,6 +3,7 @@ eval/* scalars."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ds_train.components.checkpoint import BEST_FILE, locate, pointed_tag
 from ds_train.config import ConfigError, load_run_config
 from ds_train.evaluation.held_out import Evaluator, eval_batches, rank_share
 from ds_train.trainer import Trainer, train
-from tests.helpers import make_config, read_scalars
+from tests.helpers import make_config, read_audio, read_scalars, read_text
 
 LENGTHS = [37, 5, 90, 12, 12, 60, 33, 71, 8, 45, 29, 100, 64]
 
@@ -53,9 +54,9 @@ def test_eval_metrics_do_not_depend_on_batching_and_leave_the_model_alone(assets
     first = results[0]
     assert first["eval/samples"] == len(trainer.data.eval_dataset) == 24 and first["eval/bad_samples"] == 0
     assert math.isfinite(first["eval/loss"]) and 0 < first["eval/audio_top1"] <= 1
-    assert first["eval/loss"] == pytest.approx(sum(first[f"eval_codebook_loss/{k}"] for k in range(4)))
+    assert first["eval/loss"] == pytest.approx(sum(first[f"eval/codebook_loss/{k}"] for k in range(4)))
     for other in results[1:]:  # token-weighted over the whole set: the same whatever the micro-batches
-        for key in ("eval/loss", "eval/audio_top1", "eval_codebook_loss/0", "eval_codebook_top1/3"):
+        for key in ("eval/loss", "eval/audio_top1", "eval/codebook_loss/0", "eval/codebook_top1/3"):
             assert other[key] == pytest.approx(first[key], rel=1e-5, abs=1e-6), key
     assert trainer.engine.training  # back in training mode, weights untouched
     assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())
@@ -68,7 +69,7 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     ))  # fmt: skip
     assert sorted(result.eval_losses) == [2, 3]
     scalars = read_scalars(tmp_path / "tensorboard")
-    assert sorted(scalars["eval/loss"]) == [2, 3] and sorted(scalars["eval_codebook_top1/0"]) == [2, 3]
+    assert sorted(scalars["eval/loss"]) == [2, 3] and sorted(scalars["eval/codebook_top1/0"]) == [2, 3]
     assert scalars["eval/samples"][3] == 24
     assert scalars["eval/loss"][3] == pytest.approx(result.eval_losses[3])
     assert "train/loss" in scalars and sorted(scalars["train/loss"]) == [1, 2, 3]
@@ -76,20 +77,32 @@ def test_training_logs_eval_scalars_every_eval_every_steps_and_at_the_end(assets
     best_step = min(result.eval_losses, key=result.eval_losses.get)
     assert pointed_tag(tmp_path / "checkpoints", BEST_FILE) == f"global_step{best_step}"
     assert (tmp_path / "checkpoints" / "global_step2").is_dir()
-    # A held-out sample is decoded to TensorBoard at each evaluation, next to the training samples.
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"audio": 0, "images": 0})
+    # A held-out sample is decoded to TensorBoard at each evaluation, next to the training samples, each clip captioned.
+    audio, cards = read_audio(tmp_path / "tensorboard"), read_text(tmp_path / "tensorboard")
+    assert [e.step for e in audio["eval_samples/predicted_teacher_forced"]] == [2, 3]
+    assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(audio)
+    # ...and every one of the monitor.generate_samples (4) eval examples is generated free-running (greedy) and logged
+    # with its reference and real target, captioned with sample id, speaker and transcript
+    rows = [json.loads(line) for line in assets.manifest.read_text().splitlines()]
+    for k in range(4):
+        for role, text in (("reference", rows[k]["ref_text"]), ("target", rows[k]["text"])):
+            clips = audio[f"eval_generated/{k}/{role}"]
+            assert [e.step for e in clips] == [2, 3] and clips[0].wav[:4] == b"RIFF"
+            assert clips[0].description == f'{role} | sample {rows[k]["id"]} | speaker {rows[k]["speaker"]} | "{text}"'
+        assert f"| {k}: generated | {rows[k]['id']} | {rows[k]['speaker']} | {rows[k]['text']} |" in (
+            cards["eval_generated/captions"][3])
+    assert "speaker similarity by resemblyzer 0.1.4 GE2E" in cards["eval_generated/captions"][3]
+    # ...with free-running metrics over them, the speaker similarity by the offline default encoder included
+    assert scalars["cloning/gen_samples"] == {2: 4.0, 3: 4.0}
+    assert all(0 <= scalars[f"cloning/gen_{k}"][3] <= 1 for k in ("stop_rate", "silence_share"))
+    assert -1 <= scalars["cloning/gen_speaker_sim_target"][3] <= 1
+    # ...and their spectrograms stacked, one image per generated sample (reference / target / generated), readable
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
     acc.Reload()
-    assert [e.step for e in acc.Audio("eval_samples/predicted_teacher_forced")] == [2, 3]
-    # ...and generated free-running (greedy) from that sample's prompt.
-    generated = acc.Audio("eval_samples/generated")
-    assert [e.step for e in generated] == [2, 3] and all(e.sample_rate == 24000 for e in generated)
-    # ...with free-running metrics over the first monitor.generate_samples (4) eval examples
-    assert scalars["eval/gen_samples"] == {2: 4.0, 3: 4.0}
-    assert all(0 <= scalars[f"eval/gen_{k}"][3] <= 1 for k in ("stop_rate", "silence_share"))
-    assert {"eval_samples/reference", "eval_samples/target", "samples/target"} <= set(acc.Tags()["audio"])
-    # ...and their mel spectrograms side by side (reference | target | teacher-forced | generated)
-    assert [e.step for e in acc.Images("eval_samples/spectrograms_generated")] == [2, 3]
-    assert acc.Images("samples/spectrograms")[0].width > acc.Images("samples/spectrograms")[0].height
+    assert all([e.step for e in acc.Images(f"eval_generated/{k}/spectrograms")] == [2, 3] for k in range(4))
+    image = acc.Images("eval_generated/0/spectrograms")[0]
+    assert image.width >= 800 and image.height >= 3 * 110
+    assert [e.step for e in acc.Images("samples/spectrograms")] == [1]
 
 
 def test_eval_config_errors(assets, tmp_path: Path) -> None:

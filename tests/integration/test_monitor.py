@@ -15,7 +15,7 @@ from ds_train.model.parts import PART_NAMES
 from ds_train.monitor.health import HealthError
 from ds_train.monitor.safe_decode import INVALID_MARKER, safe_decode_text, sanitize_codes
 from ds_train.trainer import Trainer
-from tests.helpers import CONFIGS, inject, make_config, read_scalars
+from tests.helpers import CONFIGS, inject, make_config, read_audio, read_scalars, read_text
 
 
 def _trainer(assets, tmp_path: Path, *overrides: str, ds: str = "zero2_fp32.json") -> Trainer:
@@ -99,7 +99,7 @@ def test_global_and_part_grad_norms_under_every_zero_stage(assets, tmp_path: Pat
     trainer = _trainer(assets, tmp_path, "train.max_steps=3", f"train.deepspeed_config={tmp_path / 'ds.json'}")
     assert trainer.engine.zero_optimization_stage() == stage
     values = trainer.train_step().values
-    parts = {k.split("/")[1]: v for k, v in values.items() if k.startswith("grad_norm_part/")}
+    parts = {k.split("/")[2]: v for k, v in values.items() if k.startswith("train/grad_norm_part/")}
     assert set(parts) - {"total"} <= set(PART_NAMES) and {"audio_ffn", "whisper_encoder", "projector"} <= set(parts)
     assert all(v > 0 for v in parts.values())
     assert math.sqrt(sum(v**2 for k, v in parts.items() if k != "total")) == pytest.approx(parts["total"], rel=1e-4)
@@ -113,15 +113,26 @@ def test_samples_are_decoded_to_tensorboard(assets, tmp_path: Path) -> None:
     trainer.fit()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(trainer.tb_dir), size_guidance={"audio": 0, "tensors": 0})
+    acc = EventAccumulator(str(trainer.tb_dir), size_guidance={"tensors": 0})
     acc.Reload()
-    audio = set(acc.Tags()["audio"])
-    assert {"samples/reference", "samples/target", "samples/predicted_teacher_forced"} <= audio
-    assert [e.step for e in acc.Audio("samples/target")] == [1, 2]
+    audio = read_audio(trainer.tb_dir)
+    assert {"samples/reference", "samples/target", "samples/predicted_teacher_forced"} <= set(audio)
+    assert [e.step for e in audio["samples/target"]] == [1, 2] and audio["samples/target"][0].wav[:4] == b"RIFF"
+    assert "samples/captions at the same step" in audio["samples/target"][0].description
     text = acc.Tensors("samples/target_text/text_summary")[0].tensor_proto.string_val[0].decode()
-    manifest_texts = {json.loads(line)["text"] for line in assets.manifest.read_text().splitlines()}
-    assert text in manifest_texts
-    assert any("samples/prompt" in tag for tag in acc.Tags()["tensors"])
+    rows = [json.loads(line) for line in assets.manifest.read_text().splitlines()]
+    assert text in {row["text"] for row in rows}
+    # each clip captioned at the same step: role, sample id, speaker, transcript
+    cards = read_text(trainer.tb_dir)
+    captions = cards["samples/captions"][1].splitlines()
+    assert [line.split(" | ")[0] for line in captions[2:]] == ["| reference", "| target", "| predicted_teacher_forced"]
+    row = next(r for r in rows if r["id"] == captions[3].split(" | ")[1])
+    assert f"| target | {row['id']} | {row['speaker']} | {row['text']} |" in captions[3]
+    assert f"| reference | {row['id']} | {row['speaker']} | {row['ref_text']} |" in captions[2]
+    # the prompt card: transcripts plain, runs of a special token collapsed
+    prompt = cards["samples/prompt"][1]
+    assert f"reference transcript: {row['ref_text']}" in prompt and f"target text: {row['text']}" in prompt
+    assert "<|AUDIO_OUT|> x " in prompt and "<|AUDIO_OUT|><|AUDIO_OUT|>" not in prompt
     assert read_scalars(trainer.tb_dir)["perf/samples_per_s"][2] > 0
     # A reference or target logged again (evaluations log the same eval sample each time) is not decoded again.
     logger, calls = trainer.samples, []
