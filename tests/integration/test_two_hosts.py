@@ -6,12 +6,14 @@ and pdsh (`.ci/run` installs them); skipped otherwise."""
 from __future__ import annotations
 
 import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import CONFIGS, read_scalars
-from tests.integration.two_hosts import SUBNET, TwoHosts, skip_reason, two_hosts
+from tests.integration.two_hosts import MASTER_PORT, SUBNET, TwoHosts, skip_reason, two_hosts
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 RUN_TIMEOUT_S = 300  # a hang (e.g. gloo on the wrong interface) fails here instead of blocking the suite
@@ -91,3 +93,49 @@ def test_train_on_two_hosts_then_resume(assets, prepared_corpus, tmp_path: Path)
     assert code == 0, resumed[-5000:]
     assert "resumed from" in resumed and "step 2 -> 3" in resumed, resumed[-5000:]
     assert sorted(read_scalars(out / "tensorboard")["train/loss"]) == [1, 2, 3]
+
+
+def _wait_for(launch, pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = launch.text()
+        if re.search(pattern, text):
+            return text
+        assert launch.process.poll() is None, text[-5000:]
+        time.sleep(1)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n{launch.text()[-5000:]}")
+
+
+def test_killing_one_host_stops_the_other_naming_it(assets, prepared_corpus, tmp_path: Path) -> None:
+    """Every process of host B is SIGKILLed mid-training (the machine died): host A's rank stops within the peer
+    timeout with one line naming the lost rank and host, instead of waiting in a collective for 30 minutes."""
+    with two_hosts(tmp_path / "hosts") as hosts:
+        launch = hosts.train(CONFIGS / "demo.yaml", *_args(assets, prepared_corpus, tmp_path / "shared" / "run",
+                             "train.max_steps=100000", "train.save_every=100000", "train.peer_timeout_minutes=0.25"),
+                             log=tmp_path / "lost.log")  # fmt: skip
+        _wait_for(launch, r"\[rank0\] step +3/", RUN_TIMEOUT_S)
+        killed_at = time.monotonic()
+        assert hosts.kill_run(hosts.b)
+        code, text = launch.wait(timeout=150)
+        took = time.monotonic() - killed_at
+    lines = _by_host(text, r"^error: lost rank 1 on host-b").get(f"{SUBNET}.1", [])
+    assert code != 0 and len(lines) == 1, text[-5000:]
+    assert took < 15 + 60, took  # the watch's 15 s, with room for a loaded machine
+
+
+@pytest.mark.slow_multihost
+def test_a_halt_on_the_second_host_stops_both_with_one_message(assets, prepared_corpus, tmp_path: Path) -> None:
+    """Every sample of rank 1 (host B) fails a batch check: the monitor's halt, decided by both ranks together."""
+    script = Path(__file__).with_name("_rank_local_run.py")
+    out = tmp_path / "shared" / "run"
+    with two_hosts(tmp_path / "hosts") as hosts:
+        cmd = [sys.executable, "-m", "ds_train.runner", "--hostfile", str(hosts.hostfile()), "--master_addr",
+               hosts.a.address, "--master_port", str(MASTER_PORT), "--no_local_rank", str(script), "unusable",
+               str(prepared_corpus), str(assets.codec_file), str(out), str(tmp_path / "ids"), "train.max_steps=3"]
+        code, text = hosts.launch(cmd, tmp_path / "halt.log").wait(timeout=RUN_TIMEOUT_S)  # fmt: skip
+    errors = _by_host(text, r"^error: ")
+    assert code != 0 and sorted(errors) == [f"{SUBNET}.1", f"{SUBNET}.2"], text[-5000:]
+    messages = {line for lines in errors.values() for line in lines}
+    assert len(messages) == 1 and "no usable sample" in next(iter(messages)) and "[rank 1 on host-b]" in next(
+        iter(messages)
+    ), messages  # fmt: skip
