@@ -76,8 +76,10 @@ class Checkpointer:
         latest = latest_tag(self.ckpt_dir)
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.ckpt_dir} (run without --resume to start fresh)")
+        check_world_size(self.ckpt_dir, latest, world_size, ds_config)  # the run's shape first: its fix differs
         tag = newest_complete_tag(self.ckpt_dir, latest)
-        check_world_size(self.ckpt_dir, tag, world_size, ds_config)
+        if tag != latest:
+            check_world_size(self.ckpt_dir, tag, world_size, ds_config)
         try:
             load_path, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
         except Exception as err:  # a file that verified but does not load: name it instead of DeepSpeed's traceback

@@ -30,4 +30,4 @@ def test_a_checkpoint_written_by_the_previous_layout_resumes(assets, tmp_path: P
 
 def test_an_unknown_client_state_is_a_clear_error() -> None:
     with pytest.raises(CheckpointError, match=r"not a ds_train checkpoint this version can resume"):
-        component_states({"something": 1}, "somewhere")
+        component_states({"something": 1}, "somewhere", 0)

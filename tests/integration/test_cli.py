@@ -189,7 +189,8 @@ def test_missing_checkpoint_and_missing_manifest_exit_4(tmp_path: Path) -> None:
     export = [sys.executable, "-m", "ds_train", "export", "--checkpoint", str(tmp_path / "nothing"), "--out",
               str(tmp_path / "out")]  # fmt: skip
     assert _error_lines(_fail(export, 4)) == [f"error: {tmp_path / 'nothing'} is not a DeepSpeed checkpoint "
-                                              "(no 'latest' file or *model_states.pt)"]  # fmt: skip
+                                              "(no 'latest' file or *model_states.pt) nor an exported folder (no "
+                                              "ds_train_export.json)"]  # fmt: skip
     prepare = [sys.executable, "-m", "data_pipeline.prepare", "--manifest", str(tmp_path / "m.jsonl"), "--codec",
                "dac", "--codec-path", str(tmp_path / "dac.pth"), "--out", str(tmp_path / "prep")]  # fmt: skip
     assert _error_lines(_fail(prepare, 4)) == [f"error: manifest {tmp_path / 'm.jsonl'} does not exist"]
