@@ -105,9 +105,9 @@ class Trainer:
         self.peers = None  # heartbeats: a rank that hangs or is cut off ends the run in bounded time
         if self.world_size > 1 and t.peer_timeout_minutes > 0:
             self.peers = PeerWatch(t.peer_timeout_minutes * 60).start()
-        self.out_dir = check_output_dir(t.output_dir)
         self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
         check_cpu_adam(self.ds_config, t.deepspeed_config)
+        self.out_dir = check_output_dir(t.output_dir)  # after the machine checks: they must leave nothing behind
         seed_everything(t.seed)  # the same on every rank until the model is built: identical initial weights
         self.cfg = cfg = resolve_codec(cfg)
         self.ckpt_dir = self.out_dir / CHECKPOINT_SUBDIR
