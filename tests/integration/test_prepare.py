@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 import data_pipeline.prepare.encode_rows as encode_rows_module
+from data_pipeline.errors import InputError
 from data_pipeline.ingest.manifest import read_manifest
 from data_pipeline.ingest.validation import Limits
 from data_pipeline.layout.builder import LayoutBuilder
@@ -310,7 +311,8 @@ def test_too_many_bad_rows_stop_the_run(manifest_with_bad_rows, assets, tmp_path
     trainer = _prepared_trainer(
         manifest_with_bad_rows, assets, tmp_path, "train.max_steps=100", "data.max_bad_fraction=0.2"
     )
-    with pytest.raises(RuntimeError, match=r"rows failed to load .* > data.max_bad_fraction=0.2"):
+    # a data error (exit code 5 at the command line), decided by every rank together
+    with pytest.raises(InputError, match=r"rows failed to load .* > data.max_bad_fraction=0.2"):
         trainer.fit()
 
 
