@@ -36,11 +36,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
-def with_origin(err: Exception, rank: int, host: str) -> Exception:
-    """A copy of `err` (same type and attributes) whose message says which rank and host raised it."""
-    return _rebuild(_parts(err), f"{err} [rank {rank} on {host}]")
-
-
 def _parts(err: Exception) -> tuple:
     """What rebuilds `err` on another rank: pickling an exception calls its constructor with `args`, which fails for
     classes whose constructor takes other arguments (HealthError(check, message))."""
