@@ -24,8 +24,9 @@ from ds_train.components.batch_stream import BatchStream
 from ds_train.components.checkpoint import CHECKPOINT_SUBDIR, TOKENIZER_SUBDIR, Checkpointer, latest_tag
 from ds_train.components.data import BatchPreparer, build_loader, build_run_data, build_sampler, resolve_codec
 from ds_train.components.distributed import device_for, init_distributed
+from ds_train.components.native_ops import CPU_ADAM, load_native_op
 from ds_train.components.peers import PeerWatch, is_transport_error
-from ds_train.components.preflight import check_cpu_adam, check_output_dir, warn_stale_build_locks
+from ds_train.components.preflight import check_cpu_adam, check_output_dir, uses_cpu_adam
 from ds_train.components.rng import RNGState, rank_seed, seed_everything
 from ds_train.components.schedule import warmup_cosine
 from ds_train.components.stopping import GracefulStop
@@ -99,7 +100,6 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
         t = cfg.train
-        warn_stale_build_locks()  # before DeepSpeed builds its ops (shared-memory all-reduce, CPU Adam) and hangs
         self.rank, self.local_rank, self.world_size = init_distributed()
         self.device = device_for(self.local_rank)
         self.peers = None  # heartbeats: a rank that hangs or is cut off ends the run in bounded time
@@ -107,6 +107,8 @@ class Trainer:
             self.peers = PeerWatch(t.peer_timeout_minutes * 60).start()
         self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
         check_cpu_adam(self.ds_config, t.deepspeed_config)
+        if uses_cpu_adam(self.ds_config):
+            load_native_op(CPU_ADAM)  # before the model is built: a first build takes minutes, a stale lock forever
         self.out_dir = check_output_dir(t.output_dir)  # after the machine checks: they must leave nothing behind
         seed_everything(t.seed)  # the same on every rank until the model is built: identical initial weights
         self.cfg = cfg = resolve_codec(cfg)

@@ -10,6 +10,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from ds_train.components.native_ops import SHARED_MEMORY_ALLREDUCE, load_native_op
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -29,6 +31,7 @@ def init_distributed() -> tuple[int, int, int]:
                 MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
             )
+        load_native_op(SHARED_MEMORY_ALLREDUCE)  # before DeepSpeed loads it: a stale build lock would hang it here
         deepspeed.init_distributed()
         _release_shm_allreduce_buffer()
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size()

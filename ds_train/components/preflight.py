@@ -6,15 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import sysconfig
-import time
 from pathlib import Path
 
 from ds_train.config import ConfigError
 
 log = logging.getLogger("ds_train")
-STALE_LOCK_SECONDS = 600  # DeepSpeed's slowest JIT build here (CPU Adam) takes 2-3 minutes
 
 
 def uses_cpu_adam(ds_config: dict) -> bool:
@@ -58,53 +55,6 @@ def check_cpu_adam(ds_config: dict, source: str) -> None:
             f"{source} offloads the optimizer, so DeepSpeed compiles its CPU Adam op on first use, but this machine "
             f'lacks {", ".join(missing)}. Install them, or add "torch_adam": true to the optimizer\'s params '
             f"(PyTorch's AdamW on the CPU: no build, slower steps)."
-        )
-
-
-def extensions_root() -> Path:
-    """Where PyTorch JIT-builds C++ extensions (DeepSpeed's CPU Adam and shared-memory all-reduce among them):
-    $TORCH_EXTENSIONS_DIR, else torch's cache folder for this Python and accelerator build."""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    import torch
-    from torch.utils.cpp_extension import get_default_build_root
-
-    if torch.version.hip is not None:
-        accelerator = f"rocm{torch.version.hip.replace('.', '')}"
-    elif torch.version.cuda is not None:
-        accelerator = f"cu{torch.version.cuda.replace('.', '')}"
-    else:
-        accelerator = "cpu"
-    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    return Path(get_default_build_root()) / f"{python}_{accelerator}"
-
-
-def stale_build_locks(root: Path | None = None, max_age_s: float = STALE_LOCK_SECONDS) -> list[tuple[Path, float]]:
-    """-> (lock file, age in seconds) of extension builds whose lock is older than `max_age_s`. PyTorch takes the lock
-    for a JIT build and removes it when the build ends; a build that was killed leaves it behind, and every later
-    process that needs the op then waits on it forever, printing nothing (seen: a test suite hung for half an hour)."""
-    root = root or extensions_root()
-    now = time.time()
-    found = []
-    for lock in sorted(root.glob("*/lock")) if root.is_dir() else []:
-        try:
-            age = now - lock.stat().st_mtime
-        except FileNotFoundError:
-            continue  # a build finished meanwhile
-        if age > max_age_s:
-            found.append((lock, age))
-    return found
-
-
-def warn_stale_build_locks(root: Path | None = None) -> None:
-    """Log one line per stale extension build lock (see `stale_build_locks`), naming the file and the fix."""
-    for lock, age in stale_build_locks(root):
-        log.warning(
-            "%s is %.0f min old: a JIT build of the %r extension was interrupted, and a run that needs it waits on "
-            "this lock without end. If no other process is building it, delete the file.",
-            lock,
-            age / 60,
-            lock.parent.name,
         )
 
 
