@@ -107,22 +107,37 @@ def _wait_for(launch, pattern: str, timeout: float) -> str:
     raise AssertionError(f"no {pattern!r} within {timeout} s:\n{launch.text()[-5000:]}")
 
 
-@pytest.mark.slow_multihost  # passed alone (48 s); once timed out waiting for step 3 in a loaded full run
-def test_killing_one_host_stops_the_other_naming_it(assets, prepared_corpus, tmp_path: Path) -> None:
+@pytest.mark.slow_multihost
+def test_killing_one_host_stops_the_other_naming_it_and_resume_continues_exactly(
+    assets, prepared_corpus, tmp_path: Path
+) -> None:
     """Every process of host B is SIGKILLed mid-training (the machine died): host A's rank stops within the peer
-    timeout with one line naming the lost rank and host, instead of waiting in a collective for 30 minutes."""
+    timeout with one line naming the lost rank and host, instead of waiting in a collective for 30 minutes; then
+    `--resume` on both hosts continues from the step-2 checkpoint with the losses the lost run logged at step 3."""
+    out = tmp_path / "shared" / "run"
     with two_hosts(tmp_path / "hosts") as hosts:
-        launch = hosts.train(CONFIGS / "demo.yaml", *_args(assets, prepared_corpus, tmp_path / "shared" / "run",
-                             "train.max_steps=100000", "train.save_every=100000", "train.peer_timeout_minutes=0.25"),
-                             log=tmp_path / "lost.log")  # fmt: skip
+        args = _args(assets, prepared_corpus, out, "train.max_steps=100000", "train.save_every=2",
+                     "train.peer_timeout_minutes=0.25")  # fmt: skip
+        launch = hosts.train(CONFIGS / "demo.yaml", *args, log=tmp_path / "lost.log")
         _wait_for(launch, r"\[rank0\] step +3/", RUN_TIMEOUT_S)
         killed_at = time.monotonic()
         assert hosts.kill_run(hosts.b)
         code, text = launch.wait(timeout=150)
         took = time.monotonic() - killed_at
-    lines = _by_host(text, r"^error: lost rank 1 on host-b").get(f"{SUBNET}.1", [])
-    assert code != 0 and len(lines) == 1, text[-5000:]
-    assert took < 15 + 60, took  # the watch's 15 s, with room for a loaded machine
+        lines = _by_host(text, r"^error: lost rank 1 on host-b").get(f"{SUBNET}.1", [])
+        assert code != 0 and len(lines) == 1, text[-5000:]
+        assert took < 15 + 60, took  # the watch's 15 s, with room for a loaded machine
+        lost = read_scalars(out / "tensorboard")["train/loss"]  # host A closed its event file on the way out
+        saved = int((out / "checkpoints" / "latest").read_text().removeprefix("global_step"))
+        assert saved >= 2 and max(lost) > saved, (saved, lost)
+        end = saved + 2
+        args = _args(assets, prepared_corpus, out, f"train.max_steps={end}", "train.save_every=2")
+        code, resumed_text = _run(hosts, tmp_path, "resume", *args, "--resume")
+    assert code == 0, resumed_text[-5000:]
+    resumed = read_scalars(out / "tensorboard")["train/loss"]
+    assert sorted(resumed) == list(range(1, end + 1)), resumed
+    redone = [step for step in lost if saved < step <= end]  # the lost run's steps past its checkpoint, done again
+    assert redone and all(resumed[step] == lost[step] for step in redone), (redone, resumed, lost)
 
 
 @pytest.mark.slow_multihost

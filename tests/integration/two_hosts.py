@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ds_train.components.native_ops import extensions_root
 from tests.helpers import REPO, command_env
 
 SUBNET = "10.231.0"  # a private /24 that exists only inside the test's own namespaces
@@ -144,6 +145,9 @@ class TwoHosts:
             MASTER_ADDR=self.a.address,
             MASTER_PORT=str(MASTER_PORT),
             GLOO_SOCKET_IFNAME=IFNAME,
+            # The machine's build cache for DeepSpeed's JIT ops, as a shared home on a cluster: under the hosts'
+            # overlaid /root every run would rebuild them (2 min of CPU per host) and throw the build away.
+            TORCH_EXTENSIONS_DIR=str(extensions_root()),
             **extra,
         )
 
