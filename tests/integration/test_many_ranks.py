@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 from tests.helpers import REPO, command_env, free_port
@@ -57,6 +59,27 @@ def test_each_rank_resumes_its_own_data_position_and_counters(assets, prepared_c
     assert uninterrupted[1]["bad"] == 2 and uninterrupted[0]["bad"] == 0
     # each rank draws from its own generator (dropout, worker seeds): seeded by (train.seed, rank)
     assert uninterrupted[0]["rng"] != uninterrupted[1]["rng"]
+
+    # A shard that verifies (its size, a whole zip) but does not load, on rank 1 only: rank 1's own line reaches the
+    # console (only rank 0 prints other errors), naming the rank and the checkpoint.
+    shard = tmp_path / "part" / "checkpoints" / "global_step4" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    _scramble_pickle(shard)
+    proc = _launch("none", prepared_corpus, assets.codec_file, tmp_path / "part", tmp_path / "broken_ids",
+                   "train.max_steps=5", "--resume")  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: rank 1: --resume: ")]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-4000:]
+    assert f"{shard.parent} does not load: " in lines[0], lines
+
+
+def _scramble_pickle(path: Path) -> None:
+    """Overwrite the middle of a torch file's pickle in place: same size, still a whole zip, no longer loadable."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    with path.open("r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", handle.read(4))
+        handle.seek(info.header_offset + 30 + name_len + extra_len + info.compress_size // 2)
+        handle.write(b"\xff" * min(64, info.compress_size // 4))
 
 
 def _stopped_together(proc: subprocess.CompletedProcess, code: int, words: str) -> None:
