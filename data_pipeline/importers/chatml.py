@@ -24,6 +24,7 @@ from data_pipeline.importers.common import (
 from data_pipeline.ingest.manifest import Reject, decode_utf8, describe_decode_error, parse_json, type_name
 from data_pipeline.layout.builder import SYSTEM_PROMPT
 from data_pipeline.layout.text_tokens import SCENE_END, SCENE_START
+from data_pipeline.progress import Progress
 
 ROLES = ("system", "user", "assistant")
 # Keys a ChatML audio part may carry its path under, in order of preference.
@@ -217,7 +218,9 @@ def _chatml_row(
     return row
 
 
-def convert_chatml(input_path: str | Path, manifest_dir: str | Path, check_audio: bool = True) -> ImportResult:
+def convert_chatml(
+    input_path: str | Path, manifest_dir: str | Path, check_audio: bool = True, show_progress: bool = True
+) -> ImportResult:
     """Map a Higgs ChatML JSON list to manifest rows; `Reject.line` holds the 0-based object index.
 
     Per object: reference = first assistant audio + the user text before it; target = last assistant audio + the user
@@ -231,25 +234,32 @@ def convert_chatml(input_path: str | Path, manifest_dir: str | Path, check_audio
     result = ImportResult()
     seen: set[str] = set()
     source = str(input_path)
-    for index, obj in enumerate(data):
-        row_id, id_from_top = _chatml_id(obj, index)
-        try:
-            row = check_row(_chatml_row(obj, row_id, id_from_top, input_path.parent, Path(manifest_dir), check_audio))
-        except BadEntry as err:
-            result.rejects.append(Reject(source, index, row_id, str(err)))
-            continue
-        if row_id in seen:
-            result.rejects.append(Reject(source, index, row_id, "duplicate id"))
-            continue
-        seen.add(row_id)
-        result.rows.append(row)
+    with Progress(len(data), "chatml import", "entries", show_progress) as bar:  # each entry's audio is read
+        for index, obj in enumerate(data):
+            bar.update()
+            row_id, id_from_top = _chatml_id(obj, index)
+            try:
+                row = _chatml_row(obj, row_id, id_from_top, input_path.parent, Path(manifest_dir), check_audio)
+                row = check_row(row)
+            except BadEntry as err:
+                result.rejects.append(Reject(source, index, row_id, str(err)))
+                continue
+            if row_id in seen:
+                result.rejects.append(Reject(source, index, row_id, "duplicate id"))
+                continue
+            seen.add(row_id)
+            result.rows.append(row)
     return result
 
 
 def import_chatml(
-    input_path: str | Path, out: str | Path, rejects_path: str | Path | None = None, check_audio: bool = True
+    input_path: str | Path,
+    out: str | Path,
+    rejects_path: str | Path | None = None,
+    check_audio: bool = True,
+    show_progress: bool = True,
 ) -> ImportResult:
     """Convert a ChatML JSON list and write the manifest (+ rejects with an `index` key)."""
-    result = convert_chatml(input_path, Path(out).parent, check_audio=check_audio)
+    result = convert_chatml(input_path, Path(out).parent, check_audio=check_audio, show_progress=show_progress)
     write_result(result, out, rejects_path, position_key="index")
     return result

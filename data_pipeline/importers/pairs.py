@@ -20,6 +20,7 @@ import soundfile as sf
 from data_pipeline.errors import UsageError
 from data_pipeline.importers.common import ImportResult, manifest_path, require_file, write_result
 from data_pipeline.ingest.manifest import Reject, text_lines
+from data_pipeline.progress import Progress
 
 METADATA_NAMES = ("metadata.csv", "metadata.txt")
 
@@ -56,51 +57,54 @@ def _utterance_id(absolute: Path, corpus_dir: Path) -> str:
     return stem.as_posix()
 
 
-def _read_corpus(meta: Path, manifest_dir: Path) -> tuple[list[Utterance], list[Reject]]:
+def _read_corpus(meta: Path, manifest_dir: Path, show_progress: bool = True) -> tuple[list[Utterance], list[Reject]]:
     utterances: list[Utterance] = []
     rejects: list[Reject] = []
     source = str(meta)
     seen_audio: dict[Path, int] = {}
     seen_ids: set[str] = set()
     # Every line becomes an utterance or a reject, blank ones included, so callers can reconcile counts.
-    for line_no, line in text_lines(meta):
-        if isinstance(line, Reject):
-            rejects.append(line)
-            continue
-        if not line.strip():
-            rejects.append(Reject(source, line_no, None, "blank line"))
-            continue
-        fields = [f.strip() for f in line.split("|")]
-        if len(fields) != 3:
-            rejects.append(Reject(source, line_no, None, f"expected 3 '|'-separated fields, got {len(fields)}"))
-            continue
-        audio_raw, text, speaker = fields
-        empty = [n for n, v in zip(("audio", "text", "speaker"), fields, strict=True) if not v]
-        if empty:
-            rejects.append(Reject(source, line_no, None, f"empty fields: {', '.join(empty)}"))
-            continue
-        written, absolute = manifest_path(audio_raw, meta.parent, manifest_dir)
-        utt_id = _utterance_id(absolute, meta.parent)
-        if absolute in seen_audio:
-            rejects.append(Reject(source, line_no, utt_id, f"duplicate audio (first on line {seen_audio[absolute]})"))
-            continue
-        if utt_id in seen_ids:
-            rejects.append(Reject(source, line_no, utt_id, "duplicate id"))
-            continue
-        if not absolute.is_file():
-            rejects.append(Reject(source, line_no, utt_id, f"audio not found: {absolute}"))
-            continue
-        try:
-            info = sf.info(str(absolute))
-        except (sf.LibsndfileError, RuntimeError) as err:
-            rejects.append(Reject(source, line_no, utt_id, f"unreadable audio {absolute}: {err}"))
-            continue
-        if info.frames <= 0 or info.samplerate <= 0:
-            rejects.append(Reject(source, line_no, utt_id, f"zero-length audio: {absolute}"))
-            continue
-        seen_audio[absolute] = line_no
-        seen_ids.add(utt_id)
-        utterances.append(Utterance(source, line_no, utt_id, written, text, speaker, info.frames / info.samplerate))
+    with Progress(None, "pairs import", "lines", show_progress) as bar:  # each line's audio is read
+        for line_no, line in text_lines(meta):
+            bar.update()
+            if isinstance(line, Reject):
+                rejects.append(line)
+                continue
+            if not line.strip():
+                rejects.append(Reject(source, line_no, None, "blank line"))
+                continue
+            fields = [f.strip() for f in line.split("|")]
+            if len(fields) != 3:
+                rejects.append(Reject(source, line_no, None, f"expected 3 '|'-separated fields, got {len(fields)}"))
+                continue
+            audio_raw, text, speaker = fields
+            empty = [n for n, v in zip(("audio", "text", "speaker"), fields, strict=True) if not v]
+            if empty:
+                rejects.append(Reject(source, line_no, None, f"empty fields: {', '.join(empty)}"))
+                continue
+            written, absolute = manifest_path(audio_raw, meta.parent, manifest_dir)
+            utt_id = _utterance_id(absolute, meta.parent)
+            if absolute in seen_audio:
+                first = seen_audio[absolute]
+                rejects.append(Reject(source, line_no, utt_id, f"duplicate audio (first on line {first})"))
+                continue
+            if utt_id in seen_ids:
+                rejects.append(Reject(source, line_no, utt_id, "duplicate id"))
+                continue
+            if not absolute.is_file():
+                rejects.append(Reject(source, line_no, utt_id, f"audio not found: {absolute}"))
+                continue
+            try:
+                info = sf.info(str(absolute))
+            except (sf.LibsndfileError, RuntimeError) as err:
+                rejects.append(Reject(source, line_no, utt_id, f"unreadable audio {absolute}: {err}"))
+                continue
+            if info.frames <= 0 or info.samplerate <= 0:
+                rejects.append(Reject(source, line_no, utt_id, f"zero-length audio: {absolute}"))
+                continue
+            seen_audio[absolute] = line_no
+            seen_ids.add(utt_id)
+            utterances.append(Utterance(source, line_no, utt_id, written, text, speaker, info.frames / info.samplerate))
     return utterances, rejects
 
 
@@ -164,12 +168,13 @@ def pair_corpus(
     seed: int = 0,
     min_ref_seconds: float = 3.0,
     max_ref_seconds: float = 15.0,
+    show_progress: bool = True,
 ) -> ImportResult:
     """Read an `audio|text|speaker` corpus and pair it (`pair_utterances`); rows and rejects together cover every
     line, rows in line order."""
     check_ref_limits(min_ref_seconds, max_ref_seconds)
     meta = _metadata_file(Path(corpus))
-    utterances, rejects = _read_corpus(meta, Path(manifest_dir))
+    utterances, rejects = _read_corpus(meta, Path(manifest_dir), show_progress)
     rows, unpaired = pair_utterances(utterances, seed, min_ref_seconds, max_ref_seconds)
     rejects += unpaired
     rejects.sort(key=lambda r: r.line)
@@ -183,8 +188,9 @@ def import_pairs(
     seed: int = 0,
     min_ref_seconds: float = 3.0,
     max_ref_seconds: float = 15.0,
+    show_progress: bool = True,
 ) -> ImportResult:
     """Pair an `audio|text|speaker` corpus and write the manifest (+ rejects with a 1-based `line` key)."""
-    result = pair_corpus(corpus, Path(out).parent, seed, min_ref_seconds, max_ref_seconds)
+    result = pair_corpus(corpus, Path(out).parent, seed, min_ref_seconds, max_ref_seconds, show_progress)
     write_result(result, out, rejects_path, position_key="line")
     return result

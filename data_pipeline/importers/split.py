@@ -11,6 +11,7 @@ from pathlib import Path
 from data_pipeline.errors import UsageError
 from data_pipeline.importers.common import ImportResult, manifest_path, require_file
 from data_pipeline.ingest.manifest import Reject, json_objects, row_id_of, row_problems
+from data_pipeline.progress import Progress
 
 
 @dataclass
@@ -36,6 +37,7 @@ def split_by_speaker(
     eval_speakers: int = 0,
     eval_fraction: float = 0.0,
     seed: int = 0,
+    show_progress: bool = True,
 ) -> SplitResult:
     """Hold out whole speakers for evaluation (zero-shot: the model never trains on their voices).
 
@@ -49,12 +51,15 @@ def split_by_speaker(
     if not 0 <= eval_fraction < 1:
         raise UsageError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     rows, rejects = [], []
-    for line_no, obj in json_objects(manifest):
-        problem = None if isinstance(obj, Reject) else row_problems(obj)
-        if isinstance(obj, Reject) or problem:
-            rejects.append(obj if isinstance(obj, Reject) else Reject(str(manifest), line_no, row_id_of(obj), problem))
-        else:
-            rows.append(obj)
+    with Progress(None, "split", "lines", show_progress) as bar:
+        for line_no, obj in json_objects(manifest):
+            bar.update()
+            if isinstance(obj, Reject):
+                rejects.append(obj)
+            elif problem := row_problems(obj):
+                rejects.append(Reject(str(manifest), line_no, row_id_of(obj), problem))
+            else:
+                rows.append(obj)
     counts: dict[str, int] = {}
     for row in rows:
         if row.get("speaker"):

@@ -302,6 +302,10 @@ def test_commands_run_as_modules(corpus: Path, chatml_src: Path, tmp_path: Path)
         assert proc.returncode == 0, proc.stderr
         assert expected[command] in proc.stdout
         assert "rejected" in proc.stderr  # reasons are shown when no --rejects file is given
+        # progress on stderr: a plain line at the end when it is not a terminal (and every 30 s before)
+        assert {"chatml": "chatml import: 2/2 entries (100%), ", "pairs": "pairs import: 14 lines, "}[command] in (
+            proc.stderr
+        ), proc.stderr
     assert read_manifest(tmp_path / "pairs.jsonl")[1] == []
     assert read_manifest(tmp_path / "chat.jsonl")[1] == []
 
@@ -322,12 +326,13 @@ def _speaker_manifest(root: Path) -> Path:
     return root / "m.jsonl"
 
 
-def test_split_holds_out_whole_speakers_and_keeps_every_row(tmp_path: Path) -> None:
+def test_split_holds_out_whole_speakers_and_keeps_every_row(tmp_path: Path, capsys) -> None:
     manifest = _speaker_manifest(tmp_path / "corpus")
     out = tmp_path / "elsewhere"
     args = ["split", str(manifest), "--eval-speakers", "2", "--out", str(out / "train.jsonl"),
             "--eval-out", str(out / "eval" / "eval.jsonl"), "--rejects", str(out / "rejects.jsonl")]  # fmt: skip
     assert main(args) == 0
+    assert "split: 17 lines, " in capsys.readouterr().err  # its progress (a plain line: stderr is not a terminal)
     train, train_rejects = read_manifest(out / "train.jsonl")
     held, held_rejects = read_manifest(out / "eval" / "eval.jsonl")
     assert not train_rejects and not held_rejects
