@@ -270,11 +270,14 @@ class MonitorSection(_Section):
     speaker_model: str | None = None  # local transformers x-vector model dir: adds cloning/gen_speaker_sim(_target)
     asr_model: str | None = None  # local transformers Whisper ASR dir: adds cloning/gen_wer(_target)
     # Conditioning gain (ds_train/evaluation/conditioning.py): each evaluation also scores the eval set with another
-    # speaker's reference; eval loss swapped - true below `reference_ignored_below` nats, at or after step
-    # `reference_ignored_after`, is a reference_ignored finding. Skipped on eval sets with fewer than 2 speakers.
+    # speaker's reference. A reference_ignored finding: the swap changes nothing at all (any evaluation), or the gain
+    # (eval loss swapped - true) is below `reference_ignored_below` nats at or after step `reference_ignored_after`
+    # once the eval loss improved by less than `reference_ignored_plateau` (a fraction) since the previous
+    # evaluation. Skipped on eval sets with fewer than 2 speakers.
     on_reference_ignored: Policy = "warn"
     reference_ignored_after: int = ranged(200, 0)
     reference_ignored_below: float = ranged(0.01, 0)
+    reference_ignored_plateau: float = ranged(0.02, 0)
     conditioning_gain: bool = True  # False: no swapped scoring (1 eval pass fewer, 3 with Whisper), no check
 
     def policy(self, check: HealthCheck) -> Policy:

@@ -33,7 +33,7 @@ from ds_train.components.stopping import GracefulStop
 from ds_train.components.storage import check_shared_output_dir
 from ds_train.config import RunConfig, resolve_deepspeed_config
 from ds_train.errors import PeerLost
-from ds_train.evaluation.conditioning import ConditioningGain, check_reference_ignored
+from ds_train.evaluation.conditioning import ConditioningGain, check_reference_ignored, true_reference_loss
 from ds_train.evaluation.generation_eval import GenerationEvaluator
 from ds_train.evaluation.held_out import BestEval, Evaluator
 from ds_train.evaluation.intelligibility import Transcriber
@@ -325,9 +325,10 @@ class Trainer:
         verbose = self.rank == 0
         with announced(f"evaluation at step {step} ({len(self.data.eval_dataset)} held-out samples)", verbose):
             values = self.evaluate()
+        previous_loss = true_reference_loss(self.last_eval) if self.last_eval else None
         self.last_eval = values
         self.metrics.log_eval(step, values)
-        check_reference_ignored(self.monitor, self.cfg.monitor, step, values)
+        check_reference_ignored(self.monitor, self.cfg.monitor, step, values, previous_loss)
         sample = self.evaluator.first_sample
         if self.rank == 0 and sample is not None and self.cfg.monitor.decode_every > 0:
             self.samples.log(step, *sample, prefix="eval_samples")

@@ -115,17 +115,48 @@ def true_reference_loss(values: dict[str, float]) -> float:
     return values.get(TRUE_LOSS, values["eval/loss"])
 
 
-def check_reference_ignored(monitor: HealthMonitor, cfg: MonitorSection, step: int, values: dict[str, float]) -> None:
-    """The `reference_ignored` health check on one evaluation's values: from step `cfg.reference_ignored_after` on, a
-    conditioning gain below `cfg.reference_ignored_below` nats (or not finite) is a finding. Not reported at all
-    (neither pass nor fail) before that step or when the gain was not measured (a set of one speaker)."""
+INFLUENCE_FLOOR = 1e-4  # nats: below it on every codebook and path, swapping the reference changed nothing at all
+
+
+def reference_influence(values: dict[str, float]) -> float:
+    """The largest change any reference swap made to the eval loss, in nats: over the whole gain, each codebook's
+    and each path's (codes, Whisper). Exactly 0 up to rounding (< 1e-5) when the model cannot see the reference;
+    above 1e-4 after one step of a model that can, even before it has learnt to use it."""
+    return max(abs(v) for k, v in values.items() if k.startswith(GAIN) and math.isfinite(v))
+
+
+def check_reference_ignored(
+    monitor: HealthMonitor, cfg: MonitorSection, step: int, values: dict[str, float], previous_loss: float | None
+) -> None:
+    """The `reference_ignored` health check on one evaluation's values. Two findings:
+    - at every evaluation, no influence: the reference swap changes the eval loss by less than `INFLUENCE_FLOOR` on
+      every codebook and path, so the reference never reaches the prediction (masked, dropped or misplaced by the
+      layout): a broken run, whatever its age;
+    - from step `cfg.reference_ignored_after` on, a gain below `cfg.reference_ignored_below` nats (or not finite),
+      but only once the held-out loss has stopped falling fast (it improved by less than
+      `cfg.reference_ignored_plateau` of itself since the previous evaluation, `previous_loss`): a young model that
+      still learns the text and the codes has not yet learnt to read a voice, and is not judged for it.
+    Not reported at all (neither pass nor fail) when the gain was not measured (a set of one speaker)."""
     gain = values.get(GAIN)
-    if gain is None or step < cfg.reference_ignored_after:
+    if gain is None:
         return
+    influence = reference_influence(values)
+    loss, swapped = true_reference_loss(values), values["cloning/loss_swapped_ref"]
+    if math.isfinite(gain) and influence < INFLUENCE_FLOOR:
+        message = (
+            f"swapping the reference changes the eval loss by {influence:.1e} nats at most (every codebook and path; "
+            f"< {INFLUENCE_FLOOR:g}): the model cannot see its reference: it is masked, dropped or misplaced by the "
+            "layout"
+        )
+        monitor.report_evaluation(HealthCheck.REFERENCE_IGNORED, step, message, True)
+        return
+    improvement = (previous_loss - loss) / abs(previous_loss) if previous_loss else math.inf
+    if step < cfg.reference_ignored_after or improvement >= cfg.reference_ignored_plateau:
+        return  # still learning fast: too young to judge (and a fast fall is not a failure either)
     failed = not (math.isfinite(gain) and gain >= cfg.reference_ignored_below)
     message = (
-        f"conditioning gain {gain:.4f} nats (eval loss with another speaker's reference "
-        f"{values['cloning/loss_swapped_ref']:.4f} - with its own {true_reference_loss(values):.4f}) is below "
-        f"monitor.reference_ignored_below={cfg.reference_ignored_below}"
+        f"conditioning gain {gain:.4f} nats (eval loss with another speaker's reference {swapped:.4f} - with its own "
+        f"{loss:.4f}) is below monitor.reference_ignored_below={cfg.reference_ignored_below}, with the eval loss "
+        f"no longer falling fast ({improvement:+.1%} since the previous evaluation)"
     )
     monitor.report_evaluation(HealthCheck.REFERENCE_IGNORED, step, message, failed)
