@@ -7,14 +7,11 @@ process group's key-value store (hosted by rank 0's process) from a thread, and 
 - a peer whose counter stands still for `train.peer_timeout_minutes` (or a store that cannot be reached that long:
   rank 0's process is gone) ends this rank: one `error:` line naming the rank(s) and host(s), exit code 9;
 - a collective that fails asks the counters who stopped (`PeerWatch.lost`), and the trainer raises `PeerLost`
-  naming them instead of the transport's traceback. A rank that leaves says so in the store: "finished" from
-  `stop()`, "exited" from its exit handler when it ends any other way (an error of its own, e.g. a checkpoint shard
-  that does not load on that rank only), so its peers name it at once instead of watching its counter for three beats.
+  naming them instead of the transport's traceback.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket
@@ -31,7 +28,6 @@ from ds_train.errors import EXIT_LOST_PEER
 
 log = logging.getLogger("ds_train")
 BEAT_KEY, DONE_KEY = "ds_train_peers/beat/{}", "ds_train_peers/done/{}"
-FINISHED, EXITED = "finished", "exited"  # DONE_KEY values
 # What a collective raises when a peer went away, by transport (gloo, NCCL, the store).
 TRANSPORT_WORDS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "gloo",
                    "Socket Timeout", "Connection refused")  # fmt: skip
@@ -67,19 +63,13 @@ class PeerWatch:
     def start(self) -> PeerWatch:
         self._beat()
         self._thread.start()
-        atexit.register(self._leave, EXITED)  # an error that ends this rank before stop(): peers learn it at once
         return self
 
     def stop(self) -> None:
         """This rank leaves on purpose: peers stop watching it."""
-        self._leave(FINISHED)
-
-    def _leave(self, how: str) -> None:
-        if self._stop.is_set():
-            return
         self._stop.set()
         try:
-            self.store.set(DONE_KEY.format(self.rank), how)
+            self.store.set(DONE_KEY.format(self.rank), "1")
         except Exception:  # the store (rank 0's process) may be gone already at the end of a run
             pass
 
@@ -87,19 +77,13 @@ class PeerWatch:
         return ", ".join(f"rank {r} on {self.hosts[r]}" for r in ranks)
 
     def lost(self, wait_s: float | None = None) -> list[int]:
-        """Peers that left without finishing: those that exited on an error of their own (at once), and those whose
-        counter does not move within `wait_s` (default: three beats); rank 0 when the store (in rank 0's process)
-        cannot be reached."""
+        """Peers whose counter does not move within `wait_s` (default: three beats); rank 0 when the store (in rank
+        0's process) cannot be reached."""
         wait_s = 3 * self.interval_s if wait_s is None else wait_s
         try:
             before = {p: self._counter(p) for p in self._peers()}
-            deadline = time.monotonic() + wait_s
-            while True:
-                left = {p: self._left(p) for p in before}
-                silent = [p for p in before if left[p] is None and self._counter(p) == before[p]]
-                if not silent or time.monotonic() >= deadline:
-                    return sorted([p for p in before if left[p] == EXITED] + silent)
-                time.sleep(min(0.25, self.interval_s))
+            time.sleep(wait_s)
+            return [p for p, value in before.items() if self._counter(p) == value and not self._done(p)]
         except Exception:
             return [0]
 
@@ -109,13 +93,8 @@ class PeerWatch:
     def _counter(self, peer: int) -> int:
         return int(self.store.add(BEAT_KEY.format(peer), 0))
 
-    def _left(self, peer: int) -> str | None:
-        """FINISHED or EXITED once `peer` has left, else None."""
-        key = DONE_KEY.format(peer)
-        return self.store.get(key).decode() if self.store.check([key]) else None
-
     def _done(self, peer: int) -> bool:
-        return self._left(peer) is not None
+        return bool(self.store.check([DONE_KEY.format(peer)]))
 
     def _beat(self) -> None:
         self.store.add(BEAT_KEY.format(self.rank), 1)

@@ -6,7 +6,6 @@ fault on rank 1 only.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -70,18 +69,6 @@ def test_each_rank_resumes_its_own_data_position_and_counters(assets, prepared_c
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: rank 1: --resume: ")]
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-4000:]
     assert f"{shard.parent} does not load: " in lines[0], lines
-    # rank 1 told its peers it left (components/peers.py): rank 0 names it and ends at once, inside the launcher's
-    # 30 s grace, instead of watching rank 1's heartbeat for three beats (30 s) first
-    assert any(line.startswith("error: lost rank 1 on ") for line in proc.stderr.splitlines()), proc.stderr[-4000:]
-    assert _launcher_grace_used(proc.stdout + proc.stderr) < 15, proc.stdout[-3000:]
-
-
-def _launcher_grace_used(text: str) -> float:
-    """Seconds between DeepSpeed's launcher terminating the ranks after the first failure and the last one ending."""
-    stamps = [datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
-              for line in text.splitlines() if "sigkill_handler" in line and line.startswith("[")]  # fmt: skip
-    assert len(stamps) >= 2, text[-3000:]
-    return (stamps[-1] - stamps[0]).total_seconds()
 
 
 def _scramble_pickle(path: Path) -> None:
