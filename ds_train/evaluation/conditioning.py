@@ -122,7 +122,8 @@ def reference_influence(values: dict[str, float]) -> float:
     """The largest change any reference swap made to the eval loss, in nats: over the whole gain, each codebook's
     and each path's (codes, Whisper). Exactly 0 up to rounding (< 1e-5) when the model cannot see the reference;
     above 1e-4 after one step of a model that can, even before it has learnt to use it."""
-    return max(abs(v) for k, v in values.items() if k.startswith(GAIN) and math.isfinite(v))
+    finite = [abs(v) for k, v in values.items() if k.startswith(GAIN) and math.isfinite(v)]
+    return max(finite, default=math.inf)  # none finite: a broken evaluation, judged by the gain rule
 
 
 def check_reference_ignored(

@@ -55,3 +55,9 @@ def test_a_reference_that_changes_nothing_is_a_finding_at_the_first_evaluation()
     found = _findings([(10, _values(9.0, 2e-6, -3e-6)), (20, _values(8.0, 1e-6, 1e-6))])
     assert [step for step, _ in found] == [10, 20]
     assert "the model cannot see its reference" in found[0][1] and "3.0e-06 nats at most" in found[0][1]
+
+
+def test_an_evaluation_without_a_finite_gain_is_judged_by_the_gain_rule_without_crashing() -> None:
+    nan = float("nan")
+    found = _findings([(300, _values(6.0, 0.1, 0.1)), (400, _values(6.0, nan, nan))])
+    assert [step for step, _ in found] == [400] and "conditioning gain nan nats" in found[0][1]
