@@ -40,18 +40,18 @@ def extensions_root() -> Path:
     return Path(get_default_build_root()) / f"{python}_{accelerator}"
 
 
-def load_native_op(builder_name: str) -> bool:
+def load_native_op(builder_name: str) -> None:
     """Load (building it the first time) the DeepSpeed op whose builder class is `builder_name`, if this accelerator
-    uses it and it is not installed prebuilt; -> whether this call loaded it. Other programs that JIT-build into the
+    uses it and it is not installed prebuilt. Other programs that JIT-build into the
     same folder without this guard are not serialised with it: give them their own $TORCH_EXTENSIONS_DIR."""
     import deepspeed
     from deepspeed.git_version_info import installed_ops
 
     builder = deepspeed.get_accelerator().create_op_builder(builder_name)
     if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-        return False  # DeepSpeed will not use it here (e.g. the shared-memory all-reduce on a GPU)
+        return  # DeepSpeed will not use it here (e.g. the shared-memory all-reduce on a GPU)
     if installed_ops.get(builder.NAME, False):
-        return False  # prebuilt into the wheel: imported without a lock
+        return  # prebuilt into the wheel: imported without a lock
     root = extensions_root()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / GUARD_FILE, "a") as guard:
@@ -61,4 +61,3 @@ def load_native_op(builder_name: str) -> bool:
             log.warning("removing %s, left by a process killed while it loaded the %r op", stale, builder.NAME)
             stale.unlink(missing_ok=True)
         builder.load(verbose=False)
-    return True
